@@ -1,0 +1,136 @@
+"""Self-describing checkpoints: weights plus everything needed to use them.
+
+A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so
+it loads with `torch.load(..., weights_only=True)`: a file carrying a pickled
+program is refused instead of run. Writes are atomic (temporary file, fsync,
+rename) and keep the previous version beside the new one.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .features import FeatureConfig
+from .model import ModelConfig, SpeakerModel, build_model
+
+FORMAT_VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is missing, damaged, unsafe or does not fit."""
+
+
+@dataclass
+class Checkpoint:
+    model_config: ModelConfig
+    feature_config: FeatureConfig
+    speakers: list[str]
+    state_dict: dict[str, torch.Tensor]
+    step: int = 0
+    metrics: dict = field(default_factory=dict)
+    info: dict = field(default_factory=dict)  # training data, config, calibration, ...
+    training_state: dict = field(default_factory=dict)  # optimizer, scheduler, RNG: last.pt only
+
+    def build_model(self) -> SpeakerModel:
+        model = build_model(self.model_config, len(self.speakers))
+        try:
+            model.load_state_dict(self.state_dict)
+        except RuntimeError as error:
+            raise CheckpointError(f"weights do not fit the stored model config: {error}") from None
+        return model.eval()
+
+    def to_dict(self) -> dict:
+        return {
+            "format_version": FORMAT_VERSION,
+            "model_config": self.model_config.to_dict(),
+            "feature_config": self.feature_config.to_dict(),
+            "speakers": list(self.speakers),
+            "state_dict": self.state_dict,
+            "step": self.step,
+            "metrics": self.metrics,
+            "info": self.info,
+            "training_state": self.training_state,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Checkpoint:
+        missing = {"model_config", "feature_config", "speakers", "state_dict"} - set(data)
+        if missing:
+            raise CheckpointError(f"not a speaker checkpoint: missing {sorted(missing)}")
+        if data.get("format_version", 1) > FORMAT_VERSION:
+            raise CheckpointError(f"checkpoint format {data['format_version']} is newer than this code ({FORMAT_VERSION})")
+        try:
+            return cls(
+                model_config=ModelConfig.from_dict(data["model_config"]),
+                feature_config=FeatureConfig.from_dict(data["feature_config"]),
+                speakers=list(data["speakers"]), state_dict=data["state_dict"],
+                step=int(data.get("step", 0)), metrics=dict(data.get("metrics", {})),
+                info=dict(data.get("info", {})), training_state=dict(data.get("training_state", {})),
+            )
+        except (TypeError, ValueError) as error:
+            raise CheckpointError(f"checkpoint config is invalid: {error}") from None
+
+
+def atomic_write(path: str | Path, write, keep_previous: bool = False) -> None:
+    """Call write(file) on a temporary file beside `path`, fsync it and rename it into place:
+    a crash leaves the old or the new version, never half of one. With `keep_previous`, the
+    old version stays as `<path>.prev`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if keep_previous and path.exists():
+            os.replace(path, previous_path(path))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+def previous_path(path: str | Path) -> Path:
+    path = Path(path)
+    return path.with_name(path.name + ".prev")
+
+
+def save_checkpoint(checkpoint: Checkpoint, path: str | Path, keep_previous: bool = False) -> None:
+    atomic_write(path, lambda handle: torch.save(checkpoint.to_dict(), handle), keep_previous)
+
+
+def load_checkpoint(path: str | Path, fallback: bool = False) -> Checkpoint:
+    """Load safely (weights_only). With `fallback`, a damaged file gives way to `<path>.prev`."""
+    path = Path(path)
+    try:
+        return _load(path)
+    except CheckpointError as error:
+        backup = previous_path(path)
+        if fallback and backup.exists():
+            print(f"warning: {error}; using the previous checkpoint {backup}")
+            return _load(backup)
+        raise
+
+
+def _load(path: Path) -> Checkpoint:
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # pickle.UnpicklingError for unsafe files, RuntimeError for damaged ones
+        reason = "it is truncated or damaged" if "zip" in str(error).lower() or "EOF" in str(error) else str(error).splitlines()[0]
+        raise CheckpointError(f"cannot load checkpoint {path}: {reason}") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} is not a speaker checkpoint")
+    return Checkpoint.from_dict(data)

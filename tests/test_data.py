@@ -1,0 +1,123 @@
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from speaker_app.features import FeatureConfig
+from speaker_app.scoring import equal_error_rate
+from training.augment import AugmentConfig, Augmenter
+from training.config import TrainConfig, override
+from training.data import (DataError, FeatureBank, Utterance, load_features, read_labelled, read_speakers,
+                           read_test, split_utterances)
+from training.prepare import find_clips, prepare, utterance_name
+from tests.conftest import voiced
+
+
+def course_folder(root, lengths=(30, 12, 50, 7, 25, 40)):
+    """A tiny course-layout folder: two speakers, plus a non-utterance .pt as some releases have."""
+    speakers = {"id10001": [], "id10002": []}
+    for i, n in enumerate(lengths):
+        name = f"uttr-{i:032x}.pt"
+        torch.save(torch.full((n, 40), float(i)), root / name)
+        speakers[f"id1000{1 + i % 2}"].append({"feature_path": name, "mel_len": n})
+    (root / "mapping.json").write_text(json.dumps({"speaker2id": {"id10001": 0, "id10002": 1},
+                                                   "id2speaker": {"0": "id10001", "1": "id10002"}}))
+    (root / "metadata.json").write_text(json.dumps({"n_mels": 40, "speakers": speakers}))
+    (root / "testdata.json").write_text(json.dumps({"n_mels": 40, "utterances": speakers["id10001"][:1]}))
+    torch.save({"not": "an utterance", "module": torch.nn.Linear(2, 2).state_dict()}, root / "wav2mel.pt")
+    return root
+
+
+def test_course_layout_reads_only_listed_utterances(tmp_path):
+    root = course_folder(tmp_path)
+    speakers = read_speakers(root)
+    utterances = read_labelled(root, speakers)
+    assert speakers == ["id10001", "id10002"] and len(utterances) == 6
+    assert all(u.path.startswith("uttr-") for u in utterances)
+    assert read_test(root)[0].speaker == -1
+    bank = FeatureBank(root, utterances, 40, progress=False)
+    assert len(bank) == 6 and bank.frames.shape == (sum(u.length for u in utterances), 40)
+    with pytest.raises(DataError, match="expected a"):
+        load_features(root / "wav2mel.pt", 40)
+
+
+def test_crops_are_slices_of_the_right_utterance(tmp_path):
+    root = course_folder(tmp_path)
+    utterances = read_labelled(root, read_speakers(root))
+    bank = FeatureBank(root, utterances, 40, progress=False)
+    features, lengths, labels = bank.crops(torch.arange(6), 20, torch.Generator().manual_seed(0))
+    assert features.shape == (6, 20, 40)
+    for i, u in enumerate(utterances):
+        value = float(int(u.path[5:-3], 16))
+        assert lengths[i] == min(20, u.length) and labels[i] == u.speaker
+        assert (features[i, :lengths[i]] == value).all() and (features[i, lengths[i]:] == 0).all()
+
+
+def test_split_is_stratified_and_stable():
+    utterances = [Utterance(f"u{s}-{i}", s, 10) for s in range(5) for i in range(3 + 4 * s)]
+    train, valid = split_utterances(utterances, 0.25, seed=3)
+    assert split_utterances(list(reversed(utterances)), 0.25, seed=3) == (train, valid)
+    assert split_utterances(utterances, 0.25, seed=4) != (train, valid)
+    assert {u.speaker for u in valid} == set(range(5))  # every speaker validated
+    assert {u.speaker for u in train} == set(range(5))  # and trained on
+    assert not set(train) & set(valid) and len(train) + len(valid) == len(utterances)
+
+
+def test_prepare_layout_from_an_audio_folder(tmp_path):
+    audio = tmp_path / "audio"
+    for speaker, f0 in [("corpus/anna", 220.0), ("corpus/bert", 110.0), ("carl", 150.0)]:
+        (audio / speaker).mkdir(parents=True)
+        for i in range(5):
+            sf.write(audio / speaker / f"{i}.wav", voiced(0.6, f0=f0, seed=i), 16000)
+    (audio / "carl" / "broken.wav").write_bytes(b"not audio at all")
+    sf.write(audio / "carl" / "quiet.flac", np.zeros(8000, np.float32), 16000)
+    sf.write(audio / "loose.wav", voiced(0.5), 16000)  # no speaker folder: ignored
+    out = tmp_path / "data"
+    summary = prepare(audio, out, test_fraction=0.2, seed=0, workers=1, progress=False)
+    assert summary["speakers"] == 3 and summary["clips"] == 15 and summary["test"] == 3
+    assert set(summary["skipped"]) == {"carl/broken.wav", "carl/quiet.flac"}
+    speakers = read_speakers(out)
+    assert speakers == ["carl", "corpus/anna", "corpus/bert"]
+    train = read_labelled(out, speakers)
+    test = read_test(out, speakers)
+    assert len(train) == 12 and len(test) == 3 and {u.speaker for u in test} == {0, 1, 2}
+    assert (out / utterance_name("carl/0.wav")).exists()
+    for u in train + test:
+        assert load_features(out / u.path, 40).shape == (u.length, 40)
+    assert json.loads((out / "feature_config.json").read_text()) == FeatureConfig().to_dict()
+    lines = (out / "test_labels.csv").read_text().splitlines()
+    assert lines[0] == "Id,Category" and len(lines) == 4
+    assert find_clips(audio, exclude=["corpus/*"]) == {"carl": [f"carl/{n}" for n in
+                                                                ["0.wav", "1.wav", "2.wav", "3.wav", "4.wav", "broken.wav", "quiet.flac"]]}
+
+
+def test_augmenter_keeps_shapes_padding_and_is_seeded():
+    augment = Augmenter(AugmentConfig(bandlimit_prob=1.0, noise_prob=1.0), FeatureConfig())
+    x = torch.randn(4, 50, 40) - 3
+    lengths = torch.tensor([50, 30, 10, 5])
+    x[1, 30:] = 0
+    x[2, 10:] = 0
+    x[3, 5:] = 0
+    a = augment(x, lengths, torch.Generator().manual_seed(0))
+    b = augment(x, lengths, torch.Generator().manual_seed(0))
+    assert torch.equal(a, b) and a.shape == x.shape and torch.isfinite(a).all()
+    assert (a[1, 30:] == 0).all() and (a[3, 5:] == 0).all()
+    # band-limited: filters wholly above 4 kHz are empty
+    assert (a[:, :5, -5:] < -15).all()
+
+
+def test_config_overrides():
+    config = override(TrainConfig(), ["model.d_model=96", "steps=10", "augment.snr_db=[1, 2]"])
+    assert config.model.d_model == 96 and config.steps == 10 and config.augment.snr_db == (1, 2)
+    with pytest.raises(ValueError, match="unknown"):
+        override(TrainConfig(), ["model.width=3"])
+
+
+def test_equal_error_rate():
+    scores = torch.tensor([0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2])
+    same = torch.tensor([1, 1, 1, 0, 1, 0, 0, 0])
+    eer, threshold = equal_error_rate(scores, same)
+    assert eer == pytest.approx(0.25) and 0.5 < threshold < 0.7
+    assert equal_error_rate(scores, scores > 0.55)[0] == 0.0

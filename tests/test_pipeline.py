@@ -1,0 +1,95 @@
+"""End to end on real speech: prepare -> train (and resume) -> evaluate -> predict, as a user runs them."""
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tests.conftest import ROOT
+
+SPEAKERS = ["vcc2016/SF1", "vcc2016/SM1", "vcc2016/TF1", "vcc2016/TM1", "fsdd/george"]
+SMALL = ["model.d_model=64", "model.n_heads=4", "model.n_layers=2", "model.ff_dim=128", "model.emb_dim=64",
+         "valid_every=100", "segment_frames=150", "warmup_steps=50"]
+
+
+def run(*args):
+    result = subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def prepared(speech_dir, tmp_path_factory):
+    data = tmp_path_factory.mktemp("data")
+    include = [arg for speaker in SPEAKERS for arg in ("--include", speaker)]
+    run("training.prepare", str(speech_dir), str(data), "--test-fraction", "0.2", "--seed", "1", "--quiet", *include)
+    torch.save({"sample_rate": 16000}, data / "wav2mel.pt")  # not an utterance: must be ignored
+    return data
+
+
+@pytest.fixture(scope="module")
+def trained(prepared, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    flags = [arg for setting in SMALL for arg in ("--set", setting)]
+    common = ["training.train", "--data", str(prepared), "--out", str(out), "--batch-size", "32", "--no-progress"]
+    run(*common, "--steps", "300", *flags)
+    # resuming a finished run with more steps continues from last.pt
+    run(*common, "--steps", "400", "--resume")
+    return out
+
+
+def test_training_writes_a_resumable_run(trained):
+    assert {"config.json", "metrics.csv", "best.pt", "last.pt"} <= {p.name for p in trained.iterdir()}
+    with open(trained / "metrics.csv") as handle:
+        steps = [int(row["step"]) for row in csv.DictReader(handle)]
+    assert steps == [100, 200, 300, 400]
+    config = json.loads((trained / "config.json").read_text())
+    assert config["steps"] == 400 and config["model"]["d_model"] == 64
+    last = torch.load(trained / "last.pt", weights_only=True)
+    assert last["step"] == 400 and "optimizer" in last["training_state"]
+    assert "optimizer" not in torch.load(trained / "best.pt", weights_only=True)["training_state"]
+
+
+def test_evaluate_is_far_above_chance(prepared, trained):
+    out = run("training.evaluate", "--checkpoint", str(trained / "best.pt"), "--data", str(prepared), "--json")
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["split"] == "test" and result["n"] == 5 * 24
+    assert result["top1"] > 0.8, result  # chance is 0.2
+    assert result["top5"] == 1.0
+    assert set(result["per_source"]) == {"vcc2016", "fsdd"}
+
+
+def test_enrollment_on_an_audio_folder(speech_dir, trained):
+    out = run("training.evaluate", "--checkpoint", str(trained / "best.pt"), "--audio-dir", str(speech_dir),
+              "--include", "vcc2016/S*", "--enroll", "5", "--json")
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["split"] == "audio" and result["enroll_speakers"] == 5
+    assert result["n"] == 2 * 120 and result["n_unknown_speaker"] == 3 * 120
+    assert result["enroll_top1"] > 0.4 and result["eer"] < 0.4, result  # chance: 0.2 and 0.5
+
+
+def test_predict_writes_the_course_csv(prepared, trained, tmp_path):
+    csv_path = tmp_path / "pred.csv"
+    run("training.predict", "--checkpoint", str(trained / "best.pt"), "--data", str(prepared), "--out", str(csv_path))
+    raw = csv_path.read_bytes()
+    assert raw.startswith(b"Id,Category\r\n") and raw.endswith(b"\r\n")
+    rows = raw.decode().split("\r\n")[1:-1]
+    test_order = [u["feature_path"] for u in json.loads((prepared / "testdata.json").read_text())["utterances"]]
+    assert [row.split(",")[0] for row in rows] == test_order
+    with open(prepared / "test_labels.csv") as handle:
+        truth = {row["Id"]: row["Category"] for row in csv.DictReader(handle)}
+    predicted = dict(row.split(",") for row in rows)
+    assert set(predicted.values()) <= set(SPEAKERS)
+    assert sum(predicted[k] == truth[k] for k in truth) / len(truth) > 0.8
+
+
+def test_clear_errors_for_misuse(prepared, trained, tmp_path):
+    result = subprocess.run([sys.executable, "-m", "training.train", "--data", str(prepared), "--out", str(trained),
+                             "--steps", "1"], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode != 0 and "--resume" in result.stderr
+    result = subprocess.run([sys.executable, "-m", "training.evaluate", "--checkpoint", str(tmp_path / "none.pt"),
+                             "--data", str(prepared)], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode != 0 and "no checkpoint" in result.stderr

@@ -1,0 +1,88 @@
+"""Augmentation of log-mel batches, on whatever device the batch is on.
+
+Works in the feature domain so it applies to the course data as well as to
+prepared audio folders:
+- band-limiting: a 16 kHz clip made to look like 8 kHz telephony (filters
+  above 4 kHz emptied), so a model cannot tell sources apart by bandwidth;
+- additive white noise at a random SNR, added in the power domain;
+- SpecAugment frequency and time masks (Park et al. 2019).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torchaudio
+
+from speaker_app.features import FeatureConfig
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    bandlimit_prob: float = 0.3
+    bandlimit_hz: float = 4000.0
+    noise_prob: float = 0.3
+    snr_db: tuple[float, float] = (5.0, 30.0)
+    freq_masks: int = 2
+    freq_width: int = 5  # mel bins, at most
+    time_masks: int = 2
+    time_width: int = 20  # frames, at most
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Augmenter:
+    def __init__(self, config: AugmentConfig, features: FeatureConfig):
+        self.config = config
+        self.floor = features.log_floor
+        bank = torchaudio.functional.melscale_fbanks(  # (n_freqs, n_mels), the pipeline's own filters
+            features.n_fft // 2 + 1, features.f_min, features.f_max or features.sample_rate / 2,
+            features.n_mels, features.sample_rate, None, "htk")
+        freqs = torch.linspace(0, features.sample_rate / 2, bank.shape[0])
+        area = bank.sum(0)
+        self.kept = (bank * (freqs < config.bandlimit_hz)[:, None]).sum(0) / area  # share of each filter kept
+        self.white = area / area.mean()  # white noise power per filter
+
+    def __call__(self, x: torch.Tensor, lengths: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """x (B, T, n_mels) log-mel, padded; returns an augmented copy."""
+        B, T, _ = x.shape
+        c = self.config
+        real = (torch.arange(T, device=x.device)[None, :] < lengths[:, None])[..., None]  # (B, T, 1)
+        power = x.exp()
+        if c.noise_prob > 0:
+            pick = self._chance(B, c.noise_prob, generator, x.device)
+            snr = torch.empty(B).uniform_(*c.snr_db, generator=generator).to(x.device)
+            level = (power * real).sum((1, 2)) / (real.sum((1, 2)) * x.shape[2])  # mean power (B,)
+            noise = (level * 10 ** (-snr / 10) * pick)[:, None, None] * self.white.to(x.device)
+            power = power + noise
+        if c.bandlimit_prob > 0:
+            pick = self._chance(B, c.bandlimit_prob, generator, x.device)
+            power = torch.where(pick[:, None, None], power * self.kept.to(x.device), power)
+        x = torch.log(power.clamp(min=self.floor)).masked_fill(~real, 0.0)
+        return self._mask(x, real, lengths, generator)
+
+    def _mask(self, x, real, lengths, generator):
+        """SpecAugment masks, filled with each utterance's mean so that CMN leaves them at zero."""
+        B, T, F = x.shape
+        c = self.config
+        mean = (x * real).sum(1, keepdim=True) / lengths[:, None, None].to(x.dtype)  # (B, 1, F)
+        hide = torch.zeros(B, T, F, dtype=torch.bool, device=x.device)
+        for _ in range(c.freq_masks):
+            hide |= self._band(B, F, c.freq_width, torch.full((B,), F), generator, x.device)[:, None, :]
+        for _ in range(c.time_masks):
+            hide |= self._band(B, T, c.time_width, lengths.cpu(), generator, x.device)[:, :, None]
+        return torch.where(hide & real, mean, x)
+
+    @staticmethod
+    def _chance(n, p, generator, device):
+        return (torch.rand(n, generator=generator) < p).to(device)
+
+    @staticmethod
+    def _band(n, size, max_width, limits, generator, device):
+        """(n, size) bool: one random band of width 0..max_width per row, inside [0, limit)."""
+        width = (torch.rand(n, generator=generator) * (max_width + 1)).long().minimum(limits // 4)
+        start = (torch.rand(n, generator=generator) * (limits - width + 1)).long()
+        index = torch.arange(size)
+        return ((index >= start[:, None]) & (index < (start + width)[:, None])).to(device)

@@ -1,0 +1,101 @@
+"""Training configuration: dataclass defaults -> optional JSON/YAML file -> command-line flags.
+
+The resolved config is written to `RUN_DIR/config.json` and into each
+checkpoint. Derived values (the number of speakers) are never stored here.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
+from pathlib import Path
+
+from speaker_app.model import ModelConfig
+
+from .augment import AugmentConfig
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    steps: int = 4000
+    batch_size: int = 64  # global: split across ranks under torchrun
+    segment_frames: int = 200  # random crop length (2 s)
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    warmup_steps: int = 300
+    grad_clip: float = 5.0
+    valid_fraction: float = 0.1
+    valid_every: int = 250
+    valid_max_frames: int = 40000  # frames per validation batch
+    seed: int = 0
+    workers: int = 2  # loader processes, only when features are read from disk
+    preload_gb: float = 8.0  # hold features in memory (float16) when they fit in this
+    compile: bool = False
+
+    def __post_init__(self):
+        positive = ("steps", "batch_size", "segment_frames", "valid_every", "valid_max_frames")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not 0 <= self.valid_fraction < 1:
+            raise ValueError(f"valid_fraction must be in [0, 1), got {self.valid_fraction}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def from_dict(cls, data: dict):
+    """Build a (nested) config dataclass from a dict, rejecting unknown keys."""
+    known = {f.name: f for f in fields(cls)}
+    unknown = set(data) - set(known)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} keys: {sorted(unknown)}")
+    values = {}
+    for name, value in data.items():
+        default = getattr(cls(), name) if name in ("model", "augment") else None
+        if is_dataclass(default) and isinstance(value, dict):
+            value = from_dict(type(default), value)
+        elif isinstance(value, list):
+            value = tuple(value)
+        values[name] = value
+    return cls(**values)
+
+
+def read_config_file(path: str | Path) -> dict:
+    path = Path(path)
+    text = path.read_text()
+    if path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        return yaml.safe_load(text) or {}
+    return json.loads(text)
+
+
+def override(config: TrainConfig, assignments: list[str]) -> TrainConfig:
+    """Apply `key=value` or `model.key=value` assignments; values are parsed as JSON when they can be."""
+    data = config.to_dict()
+    for assignment in assignments:
+        key, sep, raw = assignment.partition("=")
+        if not sep:
+            raise ValueError(f"expected key=value, got {assignment!r}")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        target = data
+        *parents, leaf = key.split(".")
+        for parent in parents:
+            target = target.setdefault(parent, {})
+        if leaf not in target:
+            raise ValueError(f"unknown config key {key!r}")
+        target[leaf] = value
+    return from_dict(TrainConfig, data)
+
+
+def baseline_config(config: TrainConfig) -> TrainConfig:
+    """The course sample model, trained with the same recipe otherwise."""
+    return replace(config, model=ModelConfig.baseline(config.model.n_mels))

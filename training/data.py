@@ -1,0 +1,204 @@
+"""The course data layout, the train/valid split and batches of random crops.
+
+A data folder holds `mapping.json`, `metadata.json` (labelled utterances),
+`testdata.json` (unlabelled) and one `uttr-*.pt` (T, n_mels) tensor per
+utterance. Only files named in the JSON are read, so other `.pt` files in the
+folder (such as `wav2mel.pt`) are ignored.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset, RandomSampler
+from tqdm import tqdm
+
+
+class DataError(ValueError):
+    """A data folder that does not follow the course layout."""
+
+
+@dataclass(frozen=True)
+class Utterance:
+    path: str  # feature file, relative to the data folder
+    speaker: int  # index into the speaker list; -1 when unknown
+    length: int  # frames
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DataError(f"missing {path.name} in {path.parent}") from None
+    except json.JSONDecodeError as error:
+        raise DataError(f"{path} is not valid JSON: {error}") from None
+
+
+def read_speakers(root: Path) -> list[str]:
+    """Speaker names ordered by their class id, from mapping.json."""
+    mapping = read_json(Path(root) / "mapping.json")
+    try:
+        id2speaker = mapping["id2speaker"]
+        speakers = [id2speaker[str(i)] for i in range(len(id2speaker))]
+    except KeyError as error:
+        raise DataError(f"mapping.json lacks id2speaker entry {error}") from None
+    return speakers
+
+
+def read_labelled(root: Path, speakers: list[str]) -> list[Utterance]:
+    """The utterances of metadata.json with their class ids."""
+    metadata = read_json(Path(root) / "metadata.json")
+    index = {name: i for i, name in enumerate(speakers)}
+    utterances = []
+    for name, items in metadata.get("speakers", {}).items():
+        if name not in index:
+            raise DataError(f"speaker {name!r} of metadata.json is not in mapping.json")
+        utterances += [Utterance(item["feature_path"], index[name], int(item["mel_len"])) for item in items]
+    if not utterances:
+        raise DataError(f"metadata.json in {root} lists no utterances")
+    return utterances
+
+
+def read_test(root: Path, speakers: list[str] | None = None) -> list[Utterance]:
+    """The utterances of testdata.json in file order; labelled from test_labels.csv when present."""
+    items = read_json(Path(root) / "testdata.json").get("utterances", [])
+    labels = read_test_labels(root)
+    index = {name: i for i, name in enumerate(speakers or [])}
+    return [Utterance(item["feature_path"], index.get(labels.get(item["feature_path"]), -1), int(item["mel_len"]))
+            for item in items]
+
+
+def read_test_labels(root: Path) -> dict[str, str]:
+    path = Path(root) / "test_labels.csv"
+    if not path.exists():
+        return {}
+    with open(path, newline="") as handle:
+        return {row["Id"]: row["Category"] for row in csv.DictReader(handle)}
+
+
+def split_utterances(utterances: list[Utterance], fraction: float, seed: int):
+    """Speaker-stratified split: about `fraction` of each speaker's utterances (at least one,
+    never all) go to validation. It depends only on the list and the seed, so it is the same
+    on every run, resume and rank."""
+    by_speaker: dict[int, list[Utterance]] = {}
+    for utterance in sorted(utterances, key=lambda u: u.path):
+        by_speaker.setdefault(utterance.speaker, []).append(utterance)
+    rng = random.Random(seed)
+    train, valid = [], []
+    for speaker in sorted(by_speaker):
+        items = by_speaker[speaker]
+        rng.shuffle(items)
+        n_valid = min(len(items) - 1, max(1, round(fraction * len(items)))) if fraction > 0 else 0
+        valid += items[:n_valid]
+        train += items[n_valid:]
+    return train, valid
+
+
+def load_features(path: Path, n_mels: int) -> torch.Tensor:
+    """A (T, n_mels) float tensor from a .pt file, loaded without running pickled code."""
+    try:
+        features = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise DataError(f"missing feature file {path}") from None
+    except Exception as error:
+        raise DataError(f"cannot load {path.name}: {str(error).splitlines()[0]}") from None
+    if not isinstance(features, torch.Tensor) or features.dim() != 2 or features.shape[1] != n_mels:
+        shape = tuple(features.shape) if isinstance(features, torch.Tensor) else type(features).__name__
+        raise DataError(f"{path.name}: expected a (T, {n_mels}) tensor, got {shape}")
+    return features.float()
+
+
+class FeatureBank:
+    """All utterances in one (frames, n_mels) tensor, so a batch of crops is one gather.
+
+    Lives on any device; float16 storage halves memory (log-mels need no more).
+    """
+
+    def __init__(self, root: Path, utterances: list[Utterance], n_mels: int,
+                 dtype: torch.dtype = torch.float32, progress: bool = True):
+        lengths = [u.length for u in utterances]
+        self.frames = torch.empty(sum(lengths), n_mels, dtype=dtype)
+        self.offsets = torch.tensor([0] + lengths[:-1]).cumsum(0)
+        self.lengths = torch.tensor(lengths)
+        self.labels = torch.tensor([u.speaker for u in utterances])
+        for utterance, offset in zip(tqdm(utterances, desc="loading features", disable=not progress,
+                                          unit="utt", leave=False), self.offsets.tolist()):
+            features = load_features(Path(root) / utterance.path, n_mels)
+            if len(features) != utterance.length:
+                raise DataError(f"{utterance.path}: metadata says {utterance.length} frames, file has {len(features)}")
+            self.frames[offset:offset + utterance.length] = features
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def to(self, device: torch.device) -> FeatureBank:
+        for name in ("frames", "offsets", "lengths", "labels"):
+            setattr(self, name, getattr(self, name).to(device))
+        return self
+
+    def crops(self, index: torch.Tensor, segment: int, generator: torch.Generator):
+        """Random `segment`-frame crops of utterances `index` (shorter ones whole, zero-padded)
+        -> features (B, segment, n_mels) float32, lengths (B,), labels (B,)."""
+        index = index.to(self.lengths.device)
+        lengths = self.lengths[index].clamp(max=segment)
+        room = (self.lengths[index] - lengths + 1).cpu()
+        starts = (torch.rand(len(index), generator=generator) * room).long().to(index.device)
+        steps = torch.arange(segment, device=index.device)
+        rows = self.offsets[index, None] + starts[:, None] + steps.clamp(max=lengths[:, None] - 1)  # (B, S)
+        features = self.frames[rows].float()
+        features = features.masked_fill((steps[None, :] >= lengths[:, None])[..., None], 0.0)
+        return features, lengths, self.labels[index]
+
+    def whole(self, index: list[int]):
+        """Full utterances, zero-padded -> (B, T_max, n_mels), lengths (B,), labels (B,)."""
+        lengths = self.lengths[index]
+        items = [self.frames[o:o + n].float() for o, n in zip(self.offsets[index].tolist(), lengths.tolist())]
+        return torch.nn.utils.rnn.pad_sequence(items, batch_first=True), lengths, self.labels[index]
+
+
+class CropDataset(Dataset):
+    """Reads utterances from disk on demand: for data sets too large to hold in memory."""
+
+    def __init__(self, root: Path, utterances: list[Utterance], n_mels: int, segment: int):
+        self.root, self.utterances, self.n_mels, self.segment = Path(root), utterances, n_mels, segment
+
+    def __len__(self) -> int:
+        return len(self.utterances)
+
+    def __getitem__(self, i: int):
+        utterance = self.utterances[i]
+        features = load_features(self.root / utterance.path, self.n_mels)
+        start = random.randint(0, max(0, len(features) - self.segment))  # worker RNG, seeded by the loader
+        return features[start:start + self.segment], utterance.speaker
+
+
+def pad_batch(items):
+    features = [f for f, _ in items]
+    lengths = torch.tensor([len(f) for f in features])
+    return (torch.nn.utils.rnn.pad_sequence(features, batch_first=True), lengths,
+            torch.tensor([label for _, label in items]))
+
+
+def _seed_worker(worker_id: int):
+    random.seed(torch.initial_seed() % 2**32)
+
+
+def crop_batches(train: list[Utterance], root: Path, n_mels: int, batch_size: int, segment: int,
+                 seed: int, bank: FeatureBank | None, workers: int = 2):
+    """An endless stream of (features, lengths, labels) batches of random crops, uniform over
+    utterances. Deterministic given `seed`; from memory when a bank is given, else from disk."""
+    generator = torch.Generator().manual_seed(seed)
+    if bank is not None:
+        while True:
+            index = torch.randint(len(bank), (batch_size,), generator=generator)
+            yield bank.crops(index, segment, generator)
+    sampler = RandomSampler(range(len(train)), replacement=True, num_samples=2**31 - 1, generator=generator)
+    loader = DataLoader(CropDataset(root, train, n_mels, segment), batch_size=batch_size, sampler=sampler,
+                        num_workers=workers, collate_fn=pad_batch, worker_init_fn=_seed_worker,
+                        generator=generator, persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())
+    yield from loader
