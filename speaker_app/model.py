@@ -194,6 +194,7 @@ class LinearHead(nn.Module):
 @dataclass(frozen=True)
 class ModelConfig:
     kind: str = "conformer"  # or "baseline": the course's sample transformer
+    input_norm: str = "global"  # "global": per-bin statistics of the training data; "cmn": per utterance; "none"
     n_mels: int = 40
     d_model: int = 144
     n_heads: int = 4
@@ -209,6 +210,8 @@ class ModelConfig:
     def __post_init__(self):
         if self.kind not in ("conformer", "baseline"):
             raise ValueError(f"model kind must be 'conformer' or 'baseline', got {self.kind!r}")
+        if self.input_norm not in ("global", "cmn", "none"):
+            raise ValueError(f"input_norm must be 'global', 'cmn' or 'none', got {self.input_norm!r}")
         for name in ("n_mels", "d_model", "n_heads", "n_layers", "ff_dim", "subsample", "emb_dim"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -229,7 +232,7 @@ class ModelConfig:
     @classmethod
     def baseline(cls, n_mels: int = 40) -> ModelConfig:
         """The course sample: d_model 80, 2 heads, FFN 256, one post-norm layer, mean pooling."""
-        return cls(kind="baseline", n_mels=n_mels, d_model=80, n_heads=2, n_layers=1,
+        return cls(kind="baseline", input_norm="none", n_mels=n_mels, d_model=80, n_heads=2, n_layers=1,
                    ff_dim=256, subsample=1, emb_dim=80)
 
 
@@ -249,10 +252,34 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 class SpeakerModel(nn.Module):
-    """Shared interface: embed, forward (logits), forward_intermediates; a head for training."""
+    """Shared interface: embed, forward (logits), forward_intermediates; a head for training.
+
+    Global input statistics are buffers, so every checkpoint carries the ones it was trained with.
+    """
 
     frame_step: int = 1
     head: nn.Module
+
+    def __init__(self, config: ModelConfig, n_speakers: int):
+        super().__init__()
+        if n_speakers < 1:
+            raise ValueError(f"n_speakers must be at least 1, got {n_speakers}")
+        self.config = config
+        self.register_buffer("input_mean", torch.zeros(config.n_mels))
+        self.register_buffer("input_std", torch.ones(config.n_mels))
+
+    def set_input_statistics(self, mean: torch.Tensor, std: torch.Tensor):
+        """Per-mel-bin statistics of the training features, for input_norm='global'."""
+        self.input_mean.copy_(mean)
+        self.input_std.copy_(std.clamp(min=1e-3))
+
+    def normalise(self, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B, T, n_mels) -> normalised features, zero on padding."""
+        if self.config.input_norm == "global":
+            features = (features - self.input_mean) / self.input_std
+        elif self.config.input_norm == "cmn":  # removes gain and channel, and with them the spectral envelope
+            features = features - masked_mean(features, mask)
+        return features.masked_fill(~mask[..., None], 0.0)
 
     def encode(self, features, lengths, return_weights=False):
         raise NotImplementedError
@@ -289,13 +316,10 @@ class SpeakerModel(nn.Module):
 
 
 class SpeakerConformer(SpeakerModel):
-    """CMN -> strided conv -> Conformer blocks -> attentive statistics pooling -> embedding -> AM-softmax."""
+    """Normalise -> strided conv -> Conformer blocks -> attentive statistics pooling -> embedding -> AM-softmax."""
 
     def __init__(self, config: ModelConfig, n_speakers: int):
-        super().__init__()
-        if n_speakers < 1:
-            raise ValueError(f"n_speakers must be at least 1, got {n_speakers}")
-        self.config = config
+        super().__init__(config, n_speakers)
         self.frame_step = config.subsample
         d = config.d_model
         self.frontend = Subsampling(config.n_mels, d, config.subsample)
@@ -310,8 +334,7 @@ class SpeakerConformer(SpeakerModel):
     def encode(self, features, lengths, return_weights=False):
         """(B, T, n_mels) -> (B, T', D), mask (B, T'), attention maps."""
         mask = padding_mask(lengths, features.shape[1])
-        # Cepstral mean normalisation over real frames removes gain and channel offsets.
-        x = features - masked_mean(features, mask)
+        x = self.normalise(features, mask)
         x, mask = self.frontend(x, mask)  # (B, T', D)
         attention = []
         for block in self.blocks:
@@ -327,10 +350,7 @@ class BaselineTransformer(SpeakerModel):
     """The course's sample model: Linear 40->80, one post-norm transformer layer, mean pooling."""
 
     def __init__(self, config: ModelConfig, n_speakers: int):
-        super().__init__()
-        if n_speakers < 1:
-            raise ValueError(f"n_speakers must be at least 1, got {n_speakers}")
-        self.config = config
+        super().__init__(config, n_speakers)
         d = config.d_model
         self.prenet = nn.Linear(config.n_mels, d)
         self.attn = SelfAttention(d, config.n_heads, config.dropout)
@@ -343,7 +363,7 @@ class BaselineTransformer(SpeakerModel):
 
     def encode(self, features, lengths, return_weights=False):
         mask = padding_mask(lengths, features.shape[1])
-        x = self.prenet(features)
+        x = self.prenet(self.normalise(features, mask))
         y, weights = self.attn(x, mask, return_weights)
         x = self.norm1(x + self.dropout(y))  # post-norm, as torch's TransformerEncoderLayer
         x = self.norm2(x + self.dropout(self.ff(x)))

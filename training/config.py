@@ -22,6 +22,7 @@ class TrainConfig:
     steps: int = 4000
     batch_size: int = 64  # global: split across ranks under torchrun
     segment_frames: int = 200  # random crop length (2 s)
+    balance_speakers: bool = True  # draw every speaker equally often (else every utterance)
     lr: float = 2e-3
     weight_decay: float = 0.05
     warmup_steps: int = 300

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 from tqdm import tqdm
 
 
@@ -136,6 +136,17 @@ class FeatureBank:
     def __len__(self) -> int:
         return len(self.lengths)
 
+    def statistics(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-mel-bin mean and standard deviation over all frames."""
+        total = torch.zeros(self.frames.shape[1], dtype=torch.float64)
+        squares = torch.zeros_like(total)
+        for block in self.frames.split(1 << 20):
+            block = block.double().cpu()
+            total += block.sum(0)
+            squares += (block * block).sum(0)
+        mean = total / len(self.frames)
+        return mean.float(), (squares / len(self.frames) - mean * mean).clamp(min=0).sqrt().float()
+
     def to(self, device: torch.device) -> FeatureBank:
         for name in ("frames", "offsets", "lengths", "labels"):
             setattr(self, name, getattr(self, name).to(device))
@@ -177,6 +188,13 @@ class CropDataset(Dataset):
         return features[start:start + self.segment], utterance.speaker
 
 
+def sample_statistics(root: Path, utterances: list[Utterance], n_mels: int, count: int = 2000, seed: int = 0):
+    """Per-mel-bin mean and standard deviation from a random sample of utterances read from disk."""
+    sample = random.Random(seed).sample(utterances, min(count, len(utterances)))
+    bank = FeatureBank(root, sample, n_mels, progress=False)
+    return bank.statistics()
+
+
 def pad_batch(items):
     features = [f for f, _ in items]
     lengths = torch.tensor([len(f) for f in features])
@@ -188,16 +206,25 @@ def _seed_worker(worker_id: int):
     random.seed(torch.initial_seed() % 2**32)
 
 
+def sampling_weights(utterances: list[Utterance], balance_speakers: bool) -> torch.Tensor:
+    """Per-utterance sampling weights: uniform, or so that every speaker is drawn equally often."""
+    if not balance_speakers:
+        return torch.ones(len(utterances))
+    counts = torch.bincount(torch.tensor([u.speaker for u in utterances])).float()
+    return 1.0 / counts[[u.speaker for u in utterances]]
+
+
 def crop_batches(train: list[Utterance], root: Path, n_mels: int, batch_size: int, segment: int,
-                 seed: int, bank: FeatureBank | None, workers: int = 2):
-    """An endless stream of (features, lengths, labels) batches of random crops, uniform over
-    utterances. Deterministic given `seed`; from memory when a bank is given, else from disk."""
+                 seed: int, bank: FeatureBank | None, workers: int = 2, balance_speakers: bool = True):
+    """An endless stream of (features, lengths, labels) batches of random crops, speaker-balanced or
+    uniform over utterances. Deterministic given `seed`; from memory when a bank is given, else from disk."""
     generator = torch.Generator().manual_seed(seed)
+    weights = sampling_weights(train, balance_speakers)
     if bank is not None:
         while True:
-            index = torch.randint(len(bank), (batch_size,), generator=generator)
+            index = torch.multinomial(weights, batch_size, replacement=True, generator=generator)
             yield bank.crops(index, segment, generator)
-    sampler = RandomSampler(range(len(train)), replacement=True, num_samples=2**31 - 1, generator=generator)
+    sampler = WeightedRandomSampler(weights, num_samples=2**31 - 1, replacement=True, generator=generator)
     loader = DataLoader(CropDataset(root, train, n_mels, segment), batch_size=batch_size, sampler=sampler,
                         num_workers=workers, collate_fn=pad_batch, worker_init_fn=_seed_worker,
                         generator=generator, persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())

@@ -38,10 +38,12 @@ def source_of(speaker: str) -> str:
     return speaker.split("/")[0] if "/" in speaker else ""
 
 
-def labelled_from_data(root: Path, checkpoint, progress: bool):
+def labelled_from_data(root: Path, checkpoint, progress: bool, split: str = "auto"):
     """[(speaker name, key, features)] of the data folder's labelled held-out split."""
     speakers = read_speakers(root)
-    test = [u for u in read_test(root, speakers) if u.speaker >= 0]
+    test = [u for u in read_test(root, speakers) if u.speaker >= 0] if split != "valid" else []
+    if split == "test" and not test:
+        raise SystemExit(f"error: {root} has no test labels (test_labels.csv)")
     if test:
         split, items = "test", test
     else:
@@ -94,6 +96,20 @@ def accuracy(names: list[str], logits: torch.Tensor, speakers: list[str]) -> dic
     return result
 
 
+def pair_verification(names: list[str], embeddings: torch.Tensor, max_clips: int = 4000) -> dict:
+    """EER over all clip-vs-clip trials (each unordered pair once), as the app's verify tab scores them."""
+    keep = torch.randperm(len(names), generator=torch.Generator().manual_seed(0))[:max_clips].sort().values
+    index = {name: i for i, name in enumerate(sorted(set(names)))}
+    labels = torch.tensor([index[names[i]] for i in keep.tolist()])
+    scores = cosine(embeddings[keep], embeddings[keep])
+    upper = torch.triu(torch.ones_like(scores, dtype=torch.bool), diagonal=1)
+    same = (labels[:, None] == labels[None, :])[upper]
+    if same.all() or not same.any():
+        return {}
+    eer, threshold = equal_error_rate(scores[upper], same)
+    return {"pair_eer": eer, "pair_threshold": threshold, "pair_trials": int(upper.sum())}
+
+
 def enrollment(names: list[str], keys: list[str], embeddings: torch.Tensor, n_enroll: int) -> dict:
     """Enroll each speaker from its first n_enroll clips; identify and verify the rest."""
     by_speaker = defaultdict(list)
@@ -114,14 +130,14 @@ def enrollment(names: list[str], keys: list[str], embeddings: torch.Tensor, n_en
 
 
 def evaluate(checkpoint_path: Path, data: Path | None = None, audio_dir: Path | None = None,
-             enroll: int | None = None, include=(), exclude=(), progress: bool = True) -> dict:
+             enroll: int | None = None, include=(), exclude=(), progress: bool = True, split: str = "auto") -> dict:
     try:
         checkpoint = load_checkpoint(checkpoint_path)
     except CheckpointError as error:
         raise SystemExit(f"error: {error}")
     model = checkpoint.build_model()
     try:
-        split, rows = (labelled_from_data(data, checkpoint, progress) if data
+        split, rows = (labelled_from_data(data, checkpoint, progress, split) if data
                        else labelled_from_audio(audio_dir, checkpoint, include, exclude, progress))
     except DataError as error:
         raise SystemExit(f"error: {error}")
@@ -129,7 +145,8 @@ def evaluate(checkpoint_path: Path, data: Path | None = None, audio_dir: Path | 
         raise SystemExit("error: no labelled utterances to evaluate")
     names, keys, features = zip(*rows)
     outputs = infer(model, list(features))
-    result = {"checkpoint": str(checkpoint_path), "split": split, **accuracy(list(names), outputs.logits, checkpoint.speakers)}
+    result = {"checkpoint": str(checkpoint_path), "split": split, **accuracy(list(names), outputs.logits, checkpoint.speakers),
+              **pair_verification(list(names), outputs.embeddings)}
     if enroll:
         result.update(enrollment(list(names), list(keys), outputs.embeddings, enroll))
     elif result["n"] == 0:
@@ -145,6 +162,9 @@ def report(result: dict) -> str:
             lines.append(f"  {source or '-':<12} top-1 {r['top1']:.4f}  top-5 {r['top5']:.4f}  n={r['n']}")
     if result["n_unknown_speaker"]:
         lines.append(f"{result['n_unknown_speaker']} utterances of speakers the model does not know")
+    if "pair_eer" in result:
+        lines.append(f"clip-vs-clip verification: EER {result['pair_eer']:.4f} at cosine {result['pair_threshold']:.3f} "
+                     f"over {result['pair_trials']} trials")
     if "eer" in result:
         lines.append(f"enrolled {result['enroll_speakers']} speakers from {result['enroll_clips']} clips each: "
                      f"identification {result['enroll_top1']:.4f} on {result['enroll_test_clips']} clips, "
@@ -161,12 +181,15 @@ def main(argv=None) -> int:
     parser.add_argument("--enroll", type=int, metavar="N", help="treat speakers as new: enroll each from N clips")
     parser.add_argument("--include", action="append", default=[], metavar="PATTERN", help="only these speakers (glob)")
     parser.add_argument("--exclude", action="append", default=[], metavar="PATTERN", help="not these speakers (glob)")
+    parser.add_argument("--split", choices=["auto", "test", "valid"], default="auto",
+                        help="with --data: test (needs test_labels.csv), valid (the checkpoint's validation split); "
+                             "auto: test when labelled, else valid")
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     args = parser.parse_args(argv)
     if args.enroll is not None and args.enroll < 1:
         parser.error("--enroll must be at least 1")
     result = evaluate(args.checkpoint, args.data, args.audio_dir, args.enroll, args.include, args.exclude,
-                      progress=not args.json)
+                      progress=not args.json, split=args.split)
     print(report(result))
     if args.json:
         print(json.dumps(result))

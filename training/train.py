@@ -35,7 +35,8 @@ from speaker_app.model import SpeakerModel, build_model
 
 from .augment import Augmenter
 from .config import TrainConfig, baseline_config, from_dict, override, read_config_file
-from .data import DataError, FeatureBank, crop_batches, read_labelled, read_speakers, split_utterances
+from .data import (DataError, FeatureBank, crop_batches, read_labelled, read_speakers, sample_statistics,
+                   split_utterances)
 
 METRIC_FIELDS = ["step", "train_loss", "train_acc", "valid_loss", "valid_top1", "valid_top5", "lr",
                  "steps_per_s", "elapsed_s"]
@@ -254,7 +255,9 @@ def main(argv=None) -> int:
     except DataError as error:
         raise SystemExit(f"error: {error}")
 
-    model = build_model(config.model, len(speakers)).to(env.device)
+    model = build_model(config.model, len(speakers))
+    model.set_input_statistics(*(bank.statistics() if bank else sample_statistics(args.data, train, features.n_mels)))
+    model.to(env.device)
     optimizer = make_optimizer(model, config)
     scheduler = make_schedule(optimizer, config)
     step, best = 0, -1.0
@@ -280,7 +283,7 @@ def main(argv=None) -> int:
     # Sampling depends on (seed, rank, step), so a resumed run draws fresh but reproducible batches.
     sample_seed = config.seed * 1_000_003 + env.rank * 7919 + step
     batches = crop_batches(train, args.data, features.n_mels, config.batch_size // env.world,
-                           config.segment_frames, sample_seed, bank, config.workers)
+                           config.segment_frames, sample_seed, bank, config.workers, config.balance_speakers)
     generator = torch.Generator().manual_seed(sample_seed + 1)
     augment = Augmenter(config.augment, features)
     info = {"data": str(args.data), "n_train": len(train), "n_valid": len(valid), "world_size": env.world}
@@ -289,7 +292,9 @@ def main(argv=None) -> int:
                mininterval=1 if sys.stderr.isatty() else 30)
     window_loss = torch.zeros((), device=env.device)
     window_correct = torch.zeros((), device=env.device, dtype=torch.long)
-    window_steps, window_start, started = 0, time.time(), time.time()
+    # elapsed_s counts training time across resumes
+    window_steps, window_start = 0, time.time()
+    started = window_start - (resume.metrics.get("elapsed_s", 0.0) if resume else 0.0)
     model.train()
     while step < config.steps:
         loss, correct = train_step(model, network, next(batches), augment, generator, optimizer, scheduler,
