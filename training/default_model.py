@@ -55,6 +55,11 @@ def trained(data: Path, run: Path, extra: list[str]) -> Path:
     return run / "best.pt"
 
 
+def held_out_clips(data: Path) -> list[str]:
+    """The audio files (relative to the speech folder) of the held-out split, which the app's examples come from."""
+    return sorted(u["audio"] for u in json.loads((data / "testdata.json").read_text())["utterances"])
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.default_model", description=__doc__.split("\n\n")[0])
     parser.add_argument("--speech", type=Path, default=Path("../shared/speech"))
@@ -76,7 +81,8 @@ def main(argv=None) -> int:
     checkpoint.training_state = {}
     checkpoint.info.update({
         "training_data": {"sources": SOURCES, "held_out": f"{TEST_FRACTION:.0%} of each speaker's clips, seed {SEED}",
-                          "command": "python -m training.default_model --speech ../shared/speech"},
+                          "command": "python -m training.default_model --speech ../shared/speech",
+                          "held_out_clips": held_out_clips(data)},
         "evaluation": test,
         "new_speakers": {"speakers": LEAVE_OUT, **new_voices},
         "calibration": {
@@ -88,7 +94,7 @@ def main(argv=None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(checkpoint, args.out)
     report = {k: checkpoint.info[k] for k in ("evaluation", "new_speakers", "calibration")}
-    report["training_time_s"] = checkpoint.metrics.get("elapsed_s")
+    report["training_time_s"] = load_checkpoint(args.work / "run" / "last.pt").metrics.get("elapsed_s")
     report["total_time_s"] = time.time() - started
     (args.work / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
