@@ -11,7 +11,7 @@ defaults of `training.train`, except the warm-up: a tenth of the steps rather
 than 300, so that short budgets still decay the learning rate). Each run's
 best.pt is scored on the held-out clips with training.evaluate's functions:
 top-1/top-5 among all speakers, and the equal error rate of cosine scores over
-all clip-vs-clip pairs of held-out clips. Writes the `accuracy` section of
+all clip-vs-clip pairs of held-out clips (`pair_verification`). Writes the `accuracy` section of
 bench/RESULTS.md (with --quick: prints it only, unless --results is given).
 """
 
@@ -27,12 +27,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
 
 from speaker_app.checkpoint import load_checkpoint
 from speaker_app.inference import infer
-from speaker_app.scoring import cosine, equal_error_rate
-from training.evaluate import accuracy, labelled_from_data
+from training.evaluate import accuracy, labelled_from_data, pair_verification
 
 from . import common
 from .ecapa import load_ecapa
@@ -57,25 +55,15 @@ def run(args: list[str], log: Path) -> float:
     return time.perf_counter() - started
 
 
-def pair_eer(names: list[str], embeddings: torch.Tensor) -> tuple[float, int]:
-    """EER of cosine scores over every pair of distinct clips; and the number of trials."""
-    i, j = torch.triu_indices(len(names), len(names), offset=1)
-    scores = cosine(embeddings, embeddings)[i, j]
-    index = {name: k for k, name in enumerate(sorted(set(names)))}
-    labels = torch.tensor([index[n] for n in names])
-    return equal_error_rate(scores, labels[i] == labels[j])[0], len(scores)
-
-
 def score(run_dir: Path, data: Path, ecapa: bool) -> dict:
     checkpoint = load_checkpoint(run_dir / "best.pt")
     model = load_ecapa(checkpoint) if ecapa else checkpoint.build_model()
-    split, rows = labelled_from_data(data, checkpoint, progress=False)
-    if split != "test":
-        raise SystemExit(f"error: {data} has no labelled test split (test_labels.csv)")
+    _, rows = labelled_from_data(data, checkpoint, progress=False, split="test")
     names, _, features = zip(*rows)
     outputs = infer(model, list(features))
-    result = accuracy(list(names), outputs.logits, checkpoint.speakers)
-    result["eer"], result["trials"] = pair_eer(list(names), outputs.embeddings)
+    result = {**accuracy(list(names), outputs.logits, checkpoint.speakers),
+              **pair_verification(list(names), outputs.embeddings)}
+    result["eer"], result["trials"] = result["pair_eer"], result["pair_trials"]
     result["speakers"] = len(set(names))
     result["params"] = sum(p.numel() for p in model.parameters())
     result["best_step"] = checkpoint.step
@@ -119,7 +107,7 @@ def report(results: dict, args, config: dict, wall_s: float) -> str:
             f"initialisation and sampling; scored with the run's best.pt (best validation top-1, checked every "
             f"{config['valid_every']} steps). Top-1/top-5: closed-set identification of the held-out clips "
             f"among all speakers. EER: cosine scores of unit embeddings over all {first['trials']} clip-vs-clip pairs of "
-            f"held-out clips (`speaker_app.scoring.equal_error_rate`). Wall time: the whole training command "
+            f"held-out clips (`training.evaluate.pair_verification`). Wall time: the whole training command "
             f"(loading, training, validation, checkpoints).\n",
             "Mean over seeds (± standard deviation, in points):\n",
             common.table(["model", "seeds", "train wall (s)", "top-1 %", "top-5 %", "EER %"], summary), "",

@@ -17,40 +17,35 @@ import sys
 
 import torch
 from speechbrain.lobes.models.ECAPA_TDNN import ECAPA_TDNN
-from torch import nn
 
 from speaker_app.checkpoint import Checkpoint
-from speaker_app.model import AMSoftmaxHead, ModelConfig, masked_mean, padding_mask
+from speaker_app.model import AMSoftmaxHead, ModelConfig, SpeakerModel, padding_mask
 
 # 264 channels (divisible by res2net_scale 8) give 2.09 M encoder parameters, the
 # nearest to our default Conformer's 2.14 M; the last layer has 3x, as in the paper.
 CHANNELS = 264
 
 
-class EcapaSpeaker(nn.Module):
-    """ECAPA-TDNN embedding (Desplanques et al. 2020) -> AM-softmax head."""
+class EcapaSpeaker(SpeakerModel):
+    """Input normalisation -> ECAPA-TDNN embedding (Desplanques et al. 2020) -> AM-softmax head.
 
-    frame_step = 1
+    The input normalisation is SpeakerModel's (config.input_norm, global statistics by
+    default), as for our Conformer; SpeakerModel's `forward` adds the head.
+    """
 
     def __init__(self, config: ModelConfig, n_speakers: int, channels: int = CHANNELS):
-        super().__init__()
+        super().__init__(config, n_speakers)
         if channels % 8:
             raise ValueError(f"channels must be divisible by the Res2Net scale 8, got {channels}")
-        self.config = config
         self.encoder = ECAPA_TDNN(config.n_mels, lin_neurons=config.emb_dim, channels=[channels] * 4 + [3 * channels])
         self.head = AMSoftmaxHead(config.emb_dim, n_speakers, config.scale, config.margin)
 
     def embed(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """(B, T, n_mels), (B,) -> (B, E) embeddings, before normalisation."""
-        mask = padding_mask(lengths, features.shape[1])
-        # Sentence-level mean normalisation, as SpeechBrain's recipes (and our Conformer) do.
-        x = (features - masked_mean(features, mask)).masked_fill(~mask[..., None], 0.0)
+        self._check(features, lengths)
+        x = self.normalise(features, padding_mask(lengths, features.shape[1]))
         relative = lengths.to(x.dtype) / features.shape[1]  # SpeechBrain takes lengths relative to T
         return self.encoder(x, relative).squeeze(1)  # (B, 1, E) -> (B, E)
-
-    def forward(self, features: torch.Tensor, lengths: torch.Tensor,
-                labels: torch.Tensor | None = None) -> torch.Tensor:
-        return self.head(self.embed(features, lengths), labels)
 
 
 def build_ecapa(config: ModelConfig, n_speakers: int) -> EcapaSpeaker:

@@ -31,7 +31,7 @@ from speaker_app.features import FeatureConfig
 from speaker_app.model import ModelConfig, build_model
 from training.augment import Augmenter
 from training.config import TrainConfig, from_dict
-from training.data import FeatureBank, crop_batches
+from training.data import FeatureBank, Utterance, crop_batches
 from training.train import make_optimizer, make_schedule, train_step
 
 from . import common
@@ -78,7 +78,9 @@ def measure(config: TrainConfig, builder, bank: FeatureBank, device: torch.devic
     model = builder(config.model, N_SPEAKERS).to(device).train()
     optimizer = make_optimizer(model, config)
     scheduler = make_schedule(optimizer, config)
-    batches = crop_batches([], Path("."), features.n_mels, config.batch_size, config.segment_frames, 0, bank)
+    utterances = [Utterance("", int(label), 0) for label in bank.labels.tolist()]  # for speaker-balanced weights
+    batches = crop_batches(utterances, Path("."), features.n_mels, config.batch_size, config.segment_frames, 0, bank,
+                           balance_speakers=config.balance_speakers)
     generator = torch.Generator().manual_seed(1)
     augment = Augmenter(config.augment, features)
 
@@ -123,7 +125,8 @@ def report(results: list[dict], configs: dict, n: int, bank: FeatureBank, second
             f"Synthetic data of the course's size: {n} utterances, log-normal lengths (median "
             f"{int(bank.lengths.median())} frames, mean {bank.lengths.float().mean():.0f}, sigma 0.5, clamped to "
             f"100..3000), {N_SPEAKERS} speakers, held in memory as a float16 FeatureBank ({gigabytes:.1f} GB). "
-            f"Each row: the real `train_step` (crop, augment, forward, loss, backward, clip, AdamW, schedule), "
+            f"Each row: the real `train_step` (speaker-balanced crops, augment, forward, loss, backward, clip, AdamW, "
+            f"schedule), "
             f"{WARMUP_STEPS} warm-up steps, then at least {seconds:g} s timed; CPU rows use all threads "
             f"(torch: {torch.get_num_threads()}). 70,000 steps: the projected wall time of the course's recipe "
             f"length (70,000 / steps per s; validation and checkpoints not counted).\n",
