@@ -90,6 +90,7 @@ def report(results: dict, args, config: dict, wall_s: float) -> str:
                         f"{mean([r['top1'] for r in runs]) * 100:.1f}{spread([r['top1'] for r in runs])}",
                         f"{mean([r['top5'] for r in runs]) * 100:.1f}{spread([r['top5'] for r in runs])}",
                         f"{mean([r['eer'] for r in runs]) * 100:.1f}{spread([r['eer'] for r in runs])}"])
+    speech = "../shared/speech" if args.speech == common.SPEECH else args.speech
     first = next(iter(results.values()))
     sources = sorted(first.get("per_source", {}))
     per_source = [[name] + [f"{mean([r['per_source'][s]['top1'] for (n, _), r in results.items() if n == name]) * 100:.1f}"
@@ -99,7 +100,7 @@ def report(results: dict, args, config: dict, wall_s: float) -> str:
     verdict = "; ".join(f"{(top1[ours] - top1[n]) * 100:+.1f} points vs {n}" for n in others)
     beats = all(top1[ours] > top1[n] for n in others)
     text = [common.header("Accuracy at equal budget (CPU)", wall_s),
-            f"Data: `../shared/speech` prepared by `python -m training.prepare ../shared/speech DIR "
+            f"Data: `{speech}` prepared by `python -m training.prepare {speech} DIR "
             f"--test-fraction 0.2 --seed 0` ({first['n']} held-out clips of {first['speakers']} speakers, "
             f"sources {', '.join(sources)}). Every model: {args.steps} steps, batch {config['batch_size']} x "
             f"{config['segment_frames']}-frame crops, AdamW lr {config['lr']:g}, {config['warmup_steps']} warm-up "
