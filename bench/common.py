@@ -69,7 +69,8 @@ def header(title: str, wall_s: float) -> str:
     today = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     return (f"## {title}\n\n"
             f"- date: {today}\n- machine: {machine()}\n- versions: {versions()}\n"
-            f"- load average when it started: {START_LOAD:.2f} (other work on the machine slows timings)\n"
+            f"- 1-minute load average at the start {START_LOAD:.2f}, at the end {os.getloadavg()[0]:.2f} "
+            f"(this benchmark itself adds up to the threads it uses; more means other work slowed the timings)\n"
             f"- command: `{command_line()}` (wall time {wall_s / 60:.1f} min)\n")
 
 
