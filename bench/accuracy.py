@@ -11,8 +11,9 @@ defaults of `training.train`, except the warm-up: a tenth of the steps rather
 than 300, so that short budgets still decay the learning rate). Each run's
 best.pt is scored on the held-out clips with training.evaluate's functions:
 top-1/top-5 among all speakers, and the equal error rate of cosine scores over
-all clip-vs-clip pairs of held-out clips (`pair_verification`). Writes the `accuracy` section of
-bench/RESULTS.md (with --quick: prints it only, unless --results is given).
+all clip-vs-clip pairs of held-out clips (`pair_verification`). Writes the
+`accuracy` section of bench/RESULTS.md (with --quick: prints it only, unless
+--results is given).
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ import tempfile
 import time
 from pathlib import Path
 
-
 from speaker_app.checkpoint import load_checkpoint
 from speaker_app.inference import infer
 from training.evaluate import accuracy, labelled_from_data, pair_verification
@@ -41,7 +41,8 @@ MODELS = {
     "course baseline": ("baseline", "training.train", ["--model", "baseline"]),
     "ECAPA-TDNN": ("ecapa", "bench.ecapa", []),
 }
-# 350 steps x 3 models x 2 seeds fit in 30 minutes on a 2-core CPU (ECAPA-TDNN is the slowest).
+# 350 steps x 3 models x 2 seeds: about 23 minutes of training on an idle 2-core CPU by the
+# per-step speeds in RESULTS.md (an estimate: not yet timed end to end); ECAPA-TDNN is the slowest.
 STEPS, QUICK_STEPS = 350, 30
 
 
