@@ -1,0 +1,88 @@
+"""What every benchmark script shares: machine facts, markdown tables, and its section of RESULTS.md.
+
+Each script owns one section of bench/RESULTS.md between `<!-- BEGIN name -->` and
+`<!-- END name -->` and rewrites only that, so the tables can be regenerated one at a time.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+RESULTS = BENCH / "RESULTS.md"
+SPEECH = REPO.parent / "shared" / "speech"  # ../shared/speech beside the checkout
+START_LOAD = os.getloadavg()[0]  # 1-minute load average when the benchmark was imported
+
+
+def cpu_model() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        return re.search(r"^Model name:\s*(.+)$", out, re.M).group(1).strip()
+    except (OSError, subprocess.CalledProcessError, AttributeError):
+        return platform.processor() or "unknown CPU"
+
+
+def gpu_name() -> str | None:
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+
+
+def versions() -> str:
+    import torchaudio
+
+    parts = [f"Python {platform.python_version()}", f"torch {torch.__version__}", f"torchaudio {torchaudio.__version__}"]
+    try:
+        import speechbrain
+
+        parts.append(f"speechbrain {speechbrain.__version__}")
+    except ImportError:
+        pass
+    return ", ".join(parts)
+
+
+def machine() -> str:
+    gpu = gpu_name() or "none"
+    return f"{cpu_model()}, {os.cpu_count()} CPU threads (torch uses {torch.get_num_threads()}), GPU: {gpu}"
+
+
+def command_line() -> str:
+    return "python -m " + " ".join([__package__ + "." + Path(sys.argv[0]).stem] + [shlex.quote(a) for a in sys.argv[1:]])
+
+
+def table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def header(title: str, wall_s: float) -> str:
+    """Date, machine, versions, the command and how long it took."""
+    today = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    return (f"## {title}\n\n"
+            f"- date: {today}\n- machine: {machine()}\n- versions: {versions()}\n"
+            f"- 1-minute load average at the start {START_LOAD:.2f}, at the end {os.getloadavg()[0]:.2f} "
+            f"(this benchmark itself adds up to the threads it uses; more means other work slowed the timings)\n"
+            f"- command: `{command_line()}` (wall time {wall_s / 60:.1f} min)\n")
+
+
+def write_section(name: str, text: str, path: Path | None = RESULTS) -> None:
+    """Replace section `name` of `path` (appended if absent); with path None, only print it."""
+    print(text)
+    if path is None:
+        return
+    begin, end = f"<!-- BEGIN {name} -->", f"<!-- END {name} -->"
+    block = f"{begin}\n{text.strip()}\n{end}"
+    old = path.read_text() if path.exists() else "# Benchmarks\n"
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
+    new = pattern.sub(lambda _: block, old) if pattern.search(old) else old.rstrip() + "\n\n" + block + "\n"
+    path.write_text(new)
+    print(f"wrote section {name!r} of {path}")
