@@ -30,6 +30,7 @@ DEFAULT_CHECKPOINT = ROOT / "checkpoints" / "default.pt"
 EXAMPLES = ROOT / "examples"
 MAX_UPLOAD = "50mb"  # larger uploads are refused by the server; 10 min of 16-bit 44.1 kHz stereo is ~100 MB
 DEFAULT_TOP_K = 5
+MODEL = "model"  # one queue for every event that runs the model: one at a time on a small CPU
 # Browsers clean up microphone audio for calls (noise suppression, echo cancellation, automatic
 # gain); that reshapes the spectrum a speaker model listens to, so the app asks for the raw signal.
 RAW_MICROPHONE = """<script>
@@ -192,7 +193,7 @@ def identify_tab(handlers: Handlers, config):
     explanation = gr.State(time_to_live=3600)
 
     run = dict(fn=handlers.identify, inputs=[audio, feature_file, top_k, layer, head],
-               outputs=[label, verdict, features_plot, attention_plot, explanation])
+               outputs=[label, verdict, features_plot, attention_plot, explanation], concurrency_id=MODEL)
     button.click(**run, api_name="identify")
     # A new input replaces the other kind, then runs at once.
     audio.upload(lambda: None, outputs=feature_file, queue=False, api_visibility="private").then(
@@ -223,7 +224,7 @@ def enroll_tab(handlers: Handlers):
             chosen = gr.Dropdown(label="Enrolled speaker")
             delete = gr.Button("Delete", variant="stop")
     recording.stop_recording(handlers.add_recording, [clips, recording], [clips, recording], api_visibility="private")
-    button.click(handlers.enroll, [name, clips], [message, table, chosen], api_name="enroll")
+    button.click(handlers.enroll, [name, clips], [message, table, chosen], api_name="enroll", concurrency_id=MODEL)
     delete.click(handlers.forget, chosen, [message, table, chosen], api_name="forget")
     return handlers.gallery, [table, chosen]
 
@@ -238,7 +239,7 @@ def verify_tab(handlers: Handlers):
     with gr.Row():
         verdict = gr.Markdown(elem_id="verify-verdict")
         score = gr.Number(label="Cosine similarity", interactive=False)
-    button.click(handlers.verify, [first, second], [verdict, score], api_name="verify")
+    button.click(handlers.verify, [first, second], [verdict, score], api_name="verify", concurrency_id=MODEL)
 
 
 def model_tab(recognizer: Recognizer, checkpoint: str | Path):
@@ -284,7 +285,8 @@ def main(argv=None) -> int:
     checkpoint, gallery = default_paths()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", type=Path, default=checkpoint, help=f"model to serve (default: {checkpoint})")
-    parser.add_argument("--gallery", type=Path, default=gallery, help=f"folder of enrolled speakers (default: {gallery})")
+    parser.add_argument("--gallery", type=Path, default=gallery,
+                        help=f"folder of enrolled speakers (default: {gallery})")
     args = parser.parse_args(argv)
     try:
         recognizer = load_recognizer(args.checkpoint, args.gallery)

@@ -76,7 +76,8 @@ def _percent(value) -> str:
 def model_summary(recognizer: Recognizer, path: str | Path) -> str:
     """Which checkpoint, its architecture, training data, held-out accuracy, threshold and speakers."""
     checkpoint = recognizer.checkpoint
-    model, features, info, metrics = checkpoint.model_config, checkpoint.feature_config, checkpoint.info, checkpoint.metrics
+    model, features = checkpoint.model_config, checkpoint.feature_config
+    info, metrics = checkpoint.info, checkpoint.metrics
     kind = "Conformer" if model.kind == "conformer" else "baseline transformer"
     lines = [
         "### Model",
@@ -94,7 +95,8 @@ def model_summary(recognizer: Recognizer, path: str | Path) -> str:
         lines.append(f"- Held-out test accuracy: top-1 {_percent(test['top1'])}, top-5 {_percent(test.get('top5'))}"
                      + (f" on {test['n']} clips" if "n" in test else ""))
         for source, result in sorted(test.get("per_source", {}).items()):
-            lines.append(f"  - {source or 'other'}: top-1 {_percent(result.get('top1'))} on {result.get('n', '?')} clips")
+            lines.append(f"  - {source or 'other'}: top-1 {_percent(result.get('top1'))} "
+                         f"on {result.get('n', '?')} clips")
     if metrics.get("valid_top1") is not None:
         lines.append(f"- Validation accuracy (clips held out from training): top-1 {_percent(metrics['valid_top1'])}, "
                      f"top-5 {_percent(metrics.get('valid_top5'))}")

@@ -215,7 +215,8 @@ def test_verify_reports_the_cosine_and_decides_at_the_threshold(handlers):
 def test_threshold_note_says_how_it_was_set(untrained):
     recognizer = untrained.recognizer
     assert "default" in describe.threshold_note(recognizer)
-    recognizer.calibration = {"threshold": 0.41, "eer": 0.052, "method": "equal-error-rate point on 12 held-out speakers"}
+    recognizer.calibration = {"threshold": 0.41, "eer": 0.052,
+                              "method": "equal-error-rate point on 12 held-out speakers"}
     recognizer.threshold = 0.41
     note = describe.threshold_note(recognizer)
     assert note == "Threshold 0.410: equal-error-rate point on 12 held-out speakers (equal error rate there: 5.2%)."
