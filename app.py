@@ -236,9 +236,9 @@ def verify_tab(handlers: Handlers):
         first = gr.Audio(sources=["upload", "microphone"], type="filepath", label="First clip")
         second = gr.Audio(sources=["upload", "microphone"], type="filepath", label="Second clip")
     button = gr.Button("Compare", variant="primary")
-    with gr.Row():
-        verdict = gr.Markdown(elem_id="verify-verdict")
-        score = gr.Number(label="Cosine similarity", interactive=False)
+    verdict = gr.Markdown(elem_id="verify-verdict")
+    # The verdict shows the score; this hidden number gives API clients the value itself.
+    score = gr.Number(label="Cosine similarity", interactive=False, visible=False)
     button.click(handlers.verify, [first, second], [verdict, score], api_name="verify", concurrency_id=MODEL)
 
 
