@@ -190,7 +190,7 @@ def identify_tab(handlers: Handlers, config):
         head = gr.Dropdown([("mean of all heads", 0)] + [(f"head {i}", i) for i in range(1, config.n_heads + 1)],
                            value=0, label="Head")
     attention_plot = gr.Plot(label="Self-attention map", format="png")
-    explanation = gr.State(time_to_live=3600)
+    explanation = gr.State(time_to_live=900)  # the attention maps shown: up to ~9 MB for 15 s of speech
 
     run = dict(fn=handlers.identify, inputs=[audio, feature_file, top_k, layer, head],
                outputs=[label, verdict, features_plot, attention_plot, explanation], concurrency_id=MODEL)
@@ -252,6 +252,7 @@ def model_tab(recognizer: Recognizer, checkpoint: str | Path):
 
 def build_demo(recognizer: Recognizer, checkpoint: str | Path) -> gr.Blocks:
     handlers = Handlers(recognizer)
+    # No delete_cache: in Gradio 6.31 it also deletes the examples' cached copies, which breaks them.
     with gr.Blocks(title="Speaker identification", analytics_enabled=False) as demo:
         gr.Markdown("# Who is speaking?\nA Conformer speaker model: identify a voice among the model's "
                     f"{len(recognizer.speakers)} speakers and those you enroll, see where it listened, "
