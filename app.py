@@ -118,10 +118,10 @@ class Handlers:
 
     @user_errors
     def enroll(self, name: str, clips: list[str] | None):
-        before = set(self.recognizer.gallery.names())
+        before = set(self.recognizer.gallery.names()) if self.recognizer.gallery else set()
         stored = self.recognizer.enroll(name or "", list(clips or []))
         verb = "Updated" if stored in before else "Enrolled"
-        message = (f"{verb} **{stored}** from {len(clips)} clip{'s' * (len(clips) > 1)}. "
+        message = (f"{verb} **{describe.markdown_text(stored)}** from {len(clips)} clip{'s' * (len(clips) > 1)}. "
                    "The Identify tab now considers this speaker too.")
         return (message, *self.gallery())
 
@@ -137,7 +137,8 @@ class Handlers:
         if not name:
             raise gr.Error("choose an enrolled speaker to delete", print_exception=False)
         removed = self.recognizer.forget(name)
-        message = f"Deleted **{name}**." if removed else f"**{name}** was not enrolled."
+        shown = describe.markdown_text(name)
+        message = f"Deleted **{shown}**." if removed else f"**{shown}** was not enrolled."
         return (message, *self.gallery())
 
     @user_errors

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import math
+import re
 from collections import defaultdict
 from pathlib import Path
 
 from .recognizer import Identification, Match, Recognizer, Verification
+
+
+def markdown_text(text: str) -> str:
+    """Text shown literally inside Markdown: an enrolled name like `[x](y)` stays a name, not a link."""
+    return re.sub(r"([\\`*_{}\[\]()#+\-.!|<>~])", r"\\\1", text)
 
 
 def display_name(match: Match) -> str:
@@ -41,11 +47,11 @@ def verdict(result: Identification, recognizer: Recognizer) -> str:
         lines.append("### No open-set verdict\nThis model has no speaker prototypes to compare with.")
     elif result.best is not None:
         kind = "enrolled speaker" if result.best.enrolled else "one of the model's speakers"
-        lines.append(f"### {result.best.name}\n{kind}: cosine similarity **{result.best.score:.3f}** "
+        lines.append(f"### {markdown_text(result.best.name)}\n{kind}: cosine similarity **{result.best.score:.3f}** "
                      f"≥ threshold {result.threshold:.3f}")
     else:
         lines.append(f"### Unknown speaker\nno known speaker is close enough: the closest, "
-                     f"{display_name(nearest)}, scores cosine **{nearest.score:.3f}** "
+                     f"{markdown_text(display_name(nearest))}, scores cosine **{nearest.score:.3f}** "
                      f"< threshold {result.threshold:.3f}")
     lines.append(f"Analysed {result.seconds:.2f} s of speech (silence removed). {threshold_note(recognizer)}")
     lines += [f"Note: {note}." for note in result.notes]

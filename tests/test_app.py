@@ -194,6 +194,14 @@ def test_enroll_refuses_bad_requests(untrained, name, clips, message):
         untrained.enroll(name, clips)
 
 
+def test_enrolled_names_are_shown_literally(untrained):
+    message, rows, _ = untrained.enroll("[win](javascript:go) *now*", [str(ALLISON)])
+    assert "Enrolled **\\[win\\]\\(javascript:go\\) \\*now\\*** from 1 clip" in message
+    assert rows[0][0] == "[win](javascript:go) *now*"
+    _, verdict, *_ = untrained.identify(str(ALLISON), None, 5)
+    assert "### \\[win\\]\\(javascript:go\\) \\*now\\*\n" in verdict
+
+
 def test_recordings_join_the_enrollment_clips():
     assert app.Handlers.add_recording(["a.wav"], "b.wav") == (["a.wav", "b.wav"], None)
     assert app.Handlers.add_recording(None, None) == ([], None)
