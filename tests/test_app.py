@@ -13,7 +13,7 @@ import soxr
 import torch
 
 import app
-from speaker_app import describe, recognizer as recognizer_module
+from speaker_app import describe
 from speaker_app.checkpoint import Checkpoint, load_checkpoint
 from speaker_app.features import FeatureConfig, features_from_file
 from speaker_app.model import ModelConfig, build_model
@@ -156,14 +156,14 @@ def test_bad_input_is_a_clear_message(untrained, tmp_path, kind, message):
     assert len(label) == 3
 
 
-def test_long_audio_is_cut_with_a_warning(untrained, tmp_path, monkeypatch):
-    monkeypatch.setattr(recognizer_module, "MAX_AUDIO_SECONDS", 2.0)
-    path = tmp_path / "long.wav"
-    sf.write(path, voiced(5.0), 16000)
-    with pytest.warns(UserWarning, match="only the first"):
+def test_very_long_audio_is_cut_with_a_warning(untrained, tmp_path):
+    path = tmp_path / "eleven-minutes.flac"
+    sf.write(path, np.tile(voiced(6.0, rate=8000), 110), 8000)  # 11 minutes
+    with pytest.warns(UserWarning, match="only the first 10 minutes were analysed"):
         _, verdict, *_ = untrained.identify(str(path), None, 3)
-    assert "only the first" in verdict
-    assert "Analysed 2.00 s" in verdict
+    assert "Note: only the first 10 minutes were analysed." in verdict
+    seconds = float(verdict.split("Analysed ")[1].split(" s")[0])
+    assert 500 < seconds <= 600
 
 
 def test_enroll_identify_list_and_delete(handlers, speech_dir):
