@@ -79,11 +79,48 @@ def _percent(value) -> str:
     return f"{float(value):.1%}" if isinstance(value, (int, float)) else "n/a"
 
 
+def _training_data(info: dict) -> list[str]:
+    """Where the training data came from: `info["training_data"]` if the checkpoint has it, else `info["data"]`."""
+    data = info.get("training_data", {})
+    counts = ", ".join(f"{info[k]} {k[2:]} clips" for k in ("n_train", "n_valid") if k in info)
+    counts = f" ({counts})" if counts else ""
+    lines = []
+    if data.get("sources"):
+        lines.append(f"- Training data{counts}:")
+        lines += [f"  - **{name}**: {about}" for name, about in data["sources"].items()]
+    elif "data" in info:
+        lines.append(f"- Training data: `{info['data']}`{counts}")
+    if data.get("held_out"):
+        lines.append(f"- Held out from training: {data['held_out']}")
+    if data.get("command"):
+        lines.append(f"- Made by: `{data['command']}`")
+    return lines
+
+
+def _accuracy(info: dict, metrics: dict) -> list[str]:
+    """Held-out accuracy (`training.evaluate`'s result in `info["evaluation"]`), else validation accuracy."""
+    evaluation = info.get("evaluation") or {}
+    lines = []
+    if evaluation.get("top1") is not None:
+        lines.append(f"- Accuracy on {evaluation.get('n', '?')} held-out clips: top-1 {_percent(evaluation['top1'])}, "
+                     f"top-5 {_percent(evaluation.get('top5'))}")
+        lines += [f"  - {source or 'other'}: top-1 {_percent(result.get('top1'))} on {result.get('n', '?')} clips"
+                  for source, result in sorted(evaluation.get("per_source", {}).items())]
+    elif metrics.get("valid_top1") is not None:
+        lines.append(f"- Validation accuracy (clips held out from training): top-1 {_percent(metrics['valid_top1'])}, "
+                     f"top-5 {_percent(metrics.get('valid_top5'))}")
+    new = info.get("new_speakers") or {}
+    if new.get("enroll_top1") is not None:
+        lines.append(f"- New voices ({', '.join(new.get('speakers', []))}), unheard by a model of the same recipe: "
+                     f"enrolled from {new.get('enroll_clips', '?')} clips each, then identified "
+                     f"{_percent(new['enroll_top1'])} of {new.get('enroll_test_clips', '?')} clips")
+    return lines
+
+
 def model_summary(recognizer: Recognizer, path: str | Path) -> str:
     """Which checkpoint, its architecture, training data, held-out accuracy, threshold and speakers."""
     checkpoint = recognizer.checkpoint
     model, features = checkpoint.model_config, checkpoint.feature_config
-    info, metrics = checkpoint.info, checkpoint.metrics
     kind = "Conformer" if model.kind == "conformer" else "baseline transformer"
     lines = [
         "### Model",
@@ -92,22 +129,11 @@ def model_summary(recognizer: Recognizer, path: str | Path) -> str:
         f"{model.emb_dim}-dim embedding; AM-softmax s={model.scale:g}, m={model.margin:g}",
         f"- Features: {features.n_mels} log-mel bins every {features.frame_seconds * 1000:g} ms at "
         f"{features.sample_rate} Hz, silence removed",
+        *_training_data(checkpoint.info),
+        *_accuracy(checkpoint.info, checkpoint.metrics),
+        f"- Verification: {threshold_note(recognizer)}",
+        f"\n### The model's {len(recognizer.speakers)} speakers",
     ]
-    if "data" in info:
-        counts = ", ".join(f"{info[k]} {k[2:]} clips" for k in ("n_train", "n_valid") if k in info)
-        lines.append(f"- Training data: `{info['data']}`" + (f" ({counts})" if counts else ""))
-    test = info.get("test")
-    if isinstance(test, dict) and test.get("top1") is not None:
-        lines.append(f"- Held-out test accuracy: top-1 {_percent(test['top1'])}, top-5 {_percent(test.get('top5'))}"
-                     + (f" on {test['n']} clips" if "n" in test else ""))
-        for source, result in sorted(test.get("per_source", {}).items()):
-            lines.append(f"  - {source or 'other'}: top-1 {_percent(result.get('top1'))} "
-                         f"on {result.get('n', '?')} clips")
-    if metrics.get("valid_top1") is not None:
-        lines.append(f"- Validation accuracy (clips held out from training): top-1 {_percent(metrics['valid_top1'])}, "
-                     f"top-5 {_percent(metrics.get('valid_top5'))}")
-    lines.append(f"- Verification: {threshold_note(recognizer)}")
-    groups = speakers_by_source(recognizer.speakers)
-    lines.append(f"\n### The model's {len(recognizer.speakers)} speakers")
-    lines += [f"- **{source or 'speakers'}**: {', '.join(names)}" for source, names in groups.items()]
+    lines += [f"- **{source or 'speakers'}**: {', '.join(names)}"
+              for source, names in speakers_by_source(recognizer.speakers).items()]
     return "\n".join(lines)
