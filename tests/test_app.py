@@ -244,7 +244,8 @@ def test_model_summary_reports_data_accuracy_and_calibration(untrained):
         "training_data": {"sources": {"asterisk": "Asterisk prompts, CC BY-SA 3.0"},
                           "held_out": "20% of each speaker", "command": "python -m training.default_model"},
         "evaluation": {"top1": 0.9, "top5": 0.99, "n": 612, "per_source": {"asterisk": {"top1": 0.8, "n": 120}}},
-        "new_speakers": {"speakers": ["asterisk/june"], "enroll_top1": 0.75, "enroll_clips": 5, "enroll_test_clips": 40},
+        "new_speakers": {"speakers": ["asterisk/june"], "enroll_top1": 0.75, "enroll_clips": 5,
+                         "enroll_test_clips": 40},
         "calibration": {"threshold": 0.62, "eer": 0.08, "method": "EER point on 1 unheard speaker"},
     })
     checkpoint.metrics["valid_top1"] = 0.5
