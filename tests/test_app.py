@@ -14,7 +14,7 @@ import torch
 
 import app
 from speaker_app import describe
-from speaker_app.checkpoint import Checkpoint, load_checkpoint
+from speaker_app.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from speaker_app.features import FeatureConfig, features_from_file
 from speaker_app.model import ModelConfig, build_model
 from speaker_app.recognizer import Recognizer
@@ -266,6 +266,23 @@ def test_demo_exposes_the_api(untrained):
     names = {fn.api_name for fn in demo.fns.values() if fn.api_visibility == "public"}
     assert names == {"identify", "enroll", "forget", "verify"}
     assert isinstance(app.demo, gr.Blocks)
+
+
+@pytest.mark.parametrize("env, host, port", [({}, "127.0.0.1", None),
+                                             ({"GRADIO_SERVER_NAME": "0.0.0.0", "GRADIO_SERVER_PORT": "7999"},
+                                              "0.0.0.0", 7999)])
+def test_main_binds_loopback_unless_told_and_limits_uploads(untrained, tmp_path, monkeypatch, env, host, port):
+    save_checkpoint(untrained.recognizer.checkpoint, tmp_path / "tiny.pt")
+    for name in ("GRADIO_SERVER_NAME", "GRADIO_SERVER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    launched = {}
+    monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kwargs: launched.update(kwargs))
+    assert app.main(["--checkpoint", str(tmp_path / "tiny.pt"), "--gallery", str(tmp_path / "gallery")]) == 0
+    assert launched["server_name"] == host and launched["server_port"] == port
+    assert launched["max_file_size"] == app.MAX_UPLOAD and not launched.get("share")
+    assert "echoCancellation: false" in launched["head"]
 
 
 def test_missing_checkpoint_exits_with_a_message(tmp_path, capsys):
