@@ -1,0 +1,75 @@
+"""Figures for the app: the log-mel features with the pooling weights under them, and one
+self-attention map. Times are seconds of the speech kept after silence removal.
+
+Figures are built on matplotlib's object API with the Agg canvas, never through
+pyplot: pyplot keeps global state that is not thread-safe (the app draws from
+worker threads) and holds every figure until it is closed. These figures own
+no global state; whoever shows them (Gradio's `gr.Plot`) renders and drops them.
+Axes sit at fixed places in fixed-size figures: a layout engine would cost a
+third of the drawing time, and the app answers within a second.
+"""
+
+from __future__ import annotations
+
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import PowerNorm
+from matplotlib.figure import Figure
+
+TIME_LABEL = "time (s), silence removed"
+
+
+def _figure(width: float, height: float) -> Figure:
+    figure = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def features_figure(features: torch.Tensor, frame_seconds: float, pooling: torch.Tensor,
+                    pooling_seconds: float, title: str = "Log-mel features") -> Figure:
+    """(T, n_mels) features as a spectrogram, and the (T',) pooling weights under it on the same time axis.
+
+    frame_seconds: seconds per feature frame; pooling_seconds: seconds per encoder frame.
+    """
+    frames, n_mels = features.shape
+    duration = frames * frame_seconds
+    figure = _figure(10, 4.4)
+    # [left, bottom, width, height] as fractions of the figure.
+    spectrum = figure.add_axes((0.08, 0.47, 0.82, 0.45))
+    colorbar = figure.add_axes((0.91, 0.47, 0.012, 0.45), label="<colorbar>")
+    weights = figure.add_axes((0.08, 0.11, 0.82, 0.23), sharex=spectrum)
+    image = spectrum.imshow(features.T.numpy(), origin="lower", aspect="auto", cmap="magma",
+                            extent=(0, duration, 0, n_mels), interpolation="nearest")
+    spectrum.set_ylabel("mel bin")
+    spectrum.set_title(title)
+    spectrum.tick_params(labelbottom=False)
+    figure.colorbar(image, cax=colorbar, label="log energy")
+    edges = torch.arange(len(pooling) + 1) * pooling_seconds
+    weights.stairs(pooling.numpy(), edges.numpy(), fill=True, color="tab:blue", alpha=0.7)
+    weights.set_xlim(0, duration)
+    weights.set_ylim(0, float(pooling.max()) * 1.1 or 1.0)
+    weights.set_ylabel("pooling\nweight")
+    weights.set_xlabel(TIME_LABEL)
+    weights.set_title("Attentive pooling: how much each moment counts towards the embedding", fontsize="medium")
+    return figure
+
+
+def attention_figure(weights: torch.Tensor, frame_seconds: float, layer: int, head: int | None) -> Figure:
+    """A (T', T') self-attention map: row = query time, column = key time.
+
+    layer and head are 1-based, as shown to the user; head None means the heads' mean.
+    """
+    duration = weights.shape[-1] * frame_seconds
+    figure = _figure(6.4, 5.6)
+    axes = figure.add_axes((0.13, 0.1, 0.66, 0.8))
+    colorbar = figure.add_axes((0.83, 0.14, 0.025, 0.72), label="<colorbar>")
+    # A square-root colour scale: each row sums to 1 over hundreds of keys, so most weights are tiny.
+    image = axes.imshow(weights.numpy(), origin="upper", aspect="equal", cmap="viridis",
+                        extent=(0, duration, duration, 0), interpolation="nearest",
+                        norm=PowerNorm(0.5, vmin=0, vmax=max(float(weights.max()), 1e-6)))
+    axes.set_xlabel("attended-to time (key), s")
+    axes.set_ylabel("attending time (query), s")
+    which = "mean of all heads" if head is None else f"head {head}"
+    axes.set_title(f"Self-attention, layer {layer}, {which}")
+    figure.colorbar(image, cax=colorbar, label="attention weight (square-root scale)")
+    return figure

@@ -1,0 +1,325 @@
+"""The app's handlers called directly: feature files, audio at several rates, plots, enrollment,
+verification and bad input (each a clear `gr.Error`, never a stack trace)."""
+
+import csv
+import json
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+import pytest
+import soundfile as sf
+import soxr
+import torch
+
+import app
+from speaker_app import describe
+from speaker_app.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from speaker_app.features import FeatureConfig, features_from_file
+from speaker_app.model import ModelConfig, build_model
+from speaker_app.recognizer import Recognizer
+from tests.conftest import voiced
+
+EXAMPLES = Path(app.EXAMPLES)
+ALLISON = EXAMPLES / "allison_en-US_followme-status.flac"
+ALLISON_FEATURES = EXAMPLES / "allison_es-MX_spy-h323.pt"
+JUNE = EXAMPLES / "june_fr-CA_vm-whichbox.flac"
+MENARDI = EXAMPLES / "menardi_it-IT_confbridge-pin-bad.flac"
+
+
+@pytest.fixture(scope="module")
+def trained(default_checkpoint) -> Checkpoint:
+    return load_checkpoint(default_checkpoint)
+
+
+@pytest.fixture
+def handlers(trained, tmp_path) -> app.Handlers:
+    return app.Handlers(Recognizer(trained, tmp_path / "gallery.json"))
+
+
+@pytest.fixture
+def untrained(tmp_path) -> app.Handlers:
+    """A small random model: input handling does not depend on training."""
+    torch.manual_seed(0)
+    config = ModelConfig(d_model=32, n_heads=2, n_layers=2, ff_dim=64, emb_dim=16)
+    checkpoint = Checkpoint(config, FeatureConfig(), ["a/one", "a/two", "b/three"],
+                            build_model(config, 3).state_dict())
+    return app.Handlers(Recognizer(checkpoint, tmp_path / "gallery.json"))
+
+
+@pytest.fixture(scope="module")
+def allison_embedding(trained) -> torch.Tensor:
+    return Recognizer(trained).embed(ALLISON)
+
+
+def colorbar_labels(figure) -> list[str]:
+    return [axes.get_ylabel() for axes in figure.axes if axes.get_label() == "<colorbar>"]
+
+
+def test_feature_file_gives_top_k_and_readable_plots(handlers):
+    label, verdict, features_plot, attention_plot, explanation = handlers.identify(None, str(ALLISON_FEATURES), 3)
+    assert list(label)[0] == "asterisk/allison" and len(label) == 3
+    assert list(label.values()) == sorted(label.values(), reverse=True) and sum(label.values()) <= 1 + 1e-6
+    assert "threshold" in verdict and "Analysed 1.76 s" in verdict
+    spectrum, pooling = [a for a in features_plot.axes if a.get_label() != "<colorbar>"]
+    assert spectrum.get_ylabel() == "mel bin" and "time (s)" in pooling.get_xlabel()
+    assert colorbar_labels(features_plot) == ["log energy"]
+    assert pooling.get_xlim() == pytest.approx((0, 1.76)) and spectrum.get_xlim() == pytest.approx((0, 1.76))
+    (heatmap,) = [a for a in attention_plot.axes if a.get_label() != "<colorbar>"]
+    assert heatmap.get_title() == "Self-attention, layer 1, mean of all heads"
+    assert heatmap.get_xlabel().endswith(", s") and heatmap.get_ylabel().endswith(", s")
+    assert colorbar_labels(attention_plot)[0].startswith("attention weight")
+    assert len(explanation.attention) == handlers.recognizer.checkpoint.model_config.n_layers
+
+
+def test_each_layer_and_head_can_be_shown(handlers):
+    *_, explanation = handlers.identify(None, str(ALLISON_FEATURES), 3)
+    figure = handlers.show_attention(explanation, 3, 2)
+    (heatmap,) = [a for a in figure.axes if a.get_label() != "<colorbar>"]
+    assert heatmap.get_title() == "Self-attention, layer 3, head 2"
+    shown = np.asarray(heatmap.images[0].get_array())
+    assert np.allclose(shown, explanation.attention[2][1].numpy())
+    frames = explanation.attention[2].shape[-1]
+    assert heatmap.get_xlim() == pytest.approx((0, frames * explanation.frame_seconds))
+    assert handlers.show_attention(None, 1, 1) is None
+
+
+@pytest.mark.parametrize("rate, channels, suffix", [(8000, 1, ".flac"), (16000, 1, ".wav"), (44100, 1, ".wav"),
+                                                     (44100, 2, ".wav"), (16000, 2, ".ogg")])
+def test_audio_at_any_rate_and_channel_count(handlers, allison_embedding, tmp_path, rate, channels, suffix):
+    wave, original = sf.read(ALLISON, dtype="float32")
+    wave = soxr.resample(wave, original, rate) if rate != original else wave
+    if channels == 2:
+        wave = np.stack([wave, 0.5 * wave], axis=1)
+    path = tmp_path / f"clip{suffix}"
+    sf.write(path, wave, rate)
+    label, verdict, *_ = handlers.identify(str(path), None, 5)
+    assert list(label)[0] == "asterisk/allison"
+    # The same speech at another rate or channel count gives nearly the same embedding.
+    similarity = float(handlers.recognizer.embed(path) @ allison_embedding)
+    assert similarity > 0.9
+
+
+def test_a_feature_file_wins_over_audio(handlers):
+    label, *_ = handlers.identify(str(MENARDI), str(ALLISON_FEATURES), 1)
+    assert list(label) == ["asterisk/allison"]
+
+
+def write_bad_input(kind: str, folder: Path) -> str | None:
+    path = folder / {"empty": "empty.wav", "corrupt": "corrupt.flac", "shape": "shape.pt", "transposed": "t.pt",
+                     "dtype": "int.pt", "nan": "nan.npy", "object": "object.pt", "silence": "silence.wav",
+                     "short": "short.wav", "nan-audio": "nan.wav"}.get(kind, "none")
+    if kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "corrupt":
+        path.write_bytes(b"fLaC" + bytes(range(256)) * 8)
+    elif kind == "shape":
+        torch.save(torch.randn(100, 80), path)
+    elif kind == "transposed":
+        torch.save(torch.randn(40, 300), path)
+    elif kind == "dtype":
+        torch.save(torch.ones(100, 40, dtype=torch.int16), path)
+    elif kind == "nan":
+        features = np.random.default_rng(0).standard_normal((100, 40)).astype(np.float32)
+        features[5, 5] = np.nan
+        np.save(path, features)
+    elif kind == "object":
+        torch.save({"features": torch.randn(100, 40)}, path)
+    elif kind == "silence":
+        sf.write(path, np.zeros(32000, np.float32), 16000)
+    elif kind == "short":
+        sf.write(path, voiced(0.2), 16000)
+    elif kind == "nan-audio":
+        wave = voiced(1.0)
+        wave[1000:1100] = np.nan
+        sf.write(path, wave, 16000, subtype="FLOAT")
+    else:
+        return None
+    return str(path)
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("empty", "is empty"), ("corrupt", "cannot decode"), ("shape", "40 mel bins"), ("transposed", "transposed"),
+    ("dtype", "floating-point"), ("nan", "NaN"), ("object", "must hold a tensor"), ("silence", "no speech"),
+    ("short", "too short"), ("nan-audio", "NaN"), ("nothing", "first"),
+])
+def test_bad_input_is_a_clear_message(untrained, tmp_path, kind, message):
+    path = write_bad_input(kind, tmp_path)
+    as_features = path is not None and path.endswith((".pt", ".npy"))
+    with pytest.raises(gr.Error, match=message) as caught:
+        untrained.identify(None if as_features else path, path if as_features else None, 3)
+    assert "Traceback" not in str(caught.value)
+    # The handler still answers good input after bad input.
+    good = tmp_path / "good.wav"
+    sf.write(good, voiced(1.0), 16000)
+    label, *_ = untrained.identify(str(good), None, 3)
+    assert len(label) == 3
+
+
+def test_very_long_audio_is_cut_with_a_warning(untrained, tmp_path):
+    path = tmp_path / "eleven-minutes.flac"
+    sf.write(path, np.tile(voiced(6.0, rate=8000), 110), 8000)  # 11 minutes
+    with pytest.warns(UserWarning, match="only the first 10 minutes were analysed"):
+        _, verdict, *_ = untrained.identify(str(path), None, 3)
+    assert "Note: only the first 10 minutes were analysed." in verdict
+    seconds = float(verdict.split("Analysed ")[1].split(" s")[0])
+    assert 500 < seconds <= 600
+
+
+def test_enroll_identify_list_and_delete(handlers, speech_dir):
+    june = sorted((speech_dir / "asterisk" / "june").glob("*.flac"))
+    clips = [str(p) for p in june if p.name != "fr_CA__vm-whichbox.flac"][:3]
+    message, rows, menu = handlers.enroll("  June\tagain ", clips)
+    assert "Enrolled **June again** from 3 clips" in message
+    assert [row[:2] for row in rows] == [["June again", 3]] and menu.choices == [("June again", "June again")]
+    label, verdict, *_ = handlers.identify(str(JUNE), None, 5)
+    assert "June again (enrolled)" in list(label)[:2] and "asterisk/june" in list(label)[:2]
+    message, rows, _ = handlers.enroll("June again", clips[:1])
+    assert message.startswith("Updated") and rows[0][1] == 1
+    # Enrollment survives a restart: a new recognizer on the same gallery file sees it.
+    again = app.Handlers(Recognizer(handlers.recognizer.checkpoint, handlers.recognizer.gallery.path))
+    assert again.gallery()[0][0][0] == "June again"
+    message, rows, menu = handlers.forget("June again")
+    assert message == "Deleted **June again**." and rows == [] and menu.choices == []
+    label, *_ = handlers.identify(str(JUNE), None, 5)
+    assert not any(name.endswith("(enrolled)") for name in label)
+
+
+@pytest.mark.parametrize("name, clips, message", [
+    ("ann", [], "one to five"), ("ann", ["x"] * 6, "one to five"), ("  / ", [str(ALLISON)], "visible character"),
+    ("a/one", [str(ALLISON)], "already one of the model's speakers"),
+])
+def test_enroll_refuses_bad_requests(untrained, name, clips, message):
+    with pytest.raises(gr.Error, match=message):
+        untrained.enroll(name, clips)
+
+
+def test_enrolled_names_are_shown_literally(untrained):
+    message, rows, _ = untrained.enroll("[win](javascript:go) *now*", [str(ALLISON)])
+    assert "Enrolled **\\[win\\]\\(javascript:go\\) \\*now\\*** from 1 clip" in message
+    assert rows[0][0] == "[win](javascript:go) *now*"
+    _, verdict, *_ = untrained.identify(str(ALLISON), None, 5)
+    assert "### \\[win\\]\\(javascript:go\\) \\*now\\*\n" in verdict
+
+
+def test_recordings_join_the_enrollment_clips():
+    assert app.Handlers.add_recording(["a.wav"], "b.wav") == (["a.wav", "b.wav"], None)
+    assert app.Handlers.add_recording(None, None) == ([], None)
+
+
+def test_verify_reports_the_cosine_and_decides_at_the_threshold(handlers):
+    verdict, score = handlers.verify(str(JUNE), str(JUNE))
+    assert verdict.startswith("### Same speaker") and score == pytest.approx(1.0, abs=1e-4)
+    verdict, score = handlers.verify(str(ALLISON), str(MENARDI))
+    recognizer = handlers.recognizer
+    assert score == pytest.approx(float(recognizer.embed(ALLISON) @ recognizer.embed(MENARDI)), abs=1e-4)
+    same = score >= recognizer.threshold
+    assert verdict.startswith("### Same speaker" if same else "### Different speakers")
+    assert f"{score:.3f}" in verdict and "Threshold" in verdict
+    with pytest.raises(gr.Error, match="two clips"):
+        handlers.verify(str(JUNE), None)
+
+
+def test_threshold_note_says_how_it_was_set(untrained):
+    recognizer = untrained.recognizer
+    assert "default" in describe.threshold_note(recognizer)
+    recognizer.calibration = {"threshold": 0.41, "eer": 0.052,
+                              "method": "equal-error-rate point on 12 held-out speakers"}
+    recognizer.threshold = 0.41
+    note = describe.threshold_note(recognizer)
+    assert note == "Threshold 0.410: equal-error-rate point on 12 held-out speakers (equal error rate there: 5.2%)."
+
+
+def test_model_summary_names_checkpoint_and_speakers(trained, default_checkpoint):
+    summary = describe.model_summary(Recognizer(trained), default_checkpoint)
+    assert str(default_checkpoint) in summary and f"The model's {len(trained.speakers)} speakers" in summary
+    assert all(speaker.rpartition("/")[2] in summary for speaker in trained.speakers)
+    assert "- **asterisk**: allison, carlo" in summary
+
+
+def test_model_summary_reports_data_accuracy_and_calibration(untrained):
+    checkpoint = untrained.recognizer.checkpoint
+    checkpoint.info.update({
+        "data": "runs/default/data", "n_train": 2189, "n_valid": 253,
+        "training_data": {"sources": {"asterisk": "Asterisk prompts, CC BY-SA 3.0"},
+                          "held_out": "20% of each speaker", "command": "python -m training.default_model"},
+        "evaluation": {"top1": 0.9, "top5": 0.99, "n": 612, "per_source": {"asterisk": {"top1": 0.8, "n": 120}}},
+        "new_speakers": {"speakers": ["asterisk/june"], "enroll_top1": 0.75, "enroll_clips": 5,
+                         "enroll_test_clips": 40},
+        "calibration": {"threshold": 0.62, "eer": 0.08, "method": "EER point on 1 unheard speaker"},
+    })
+    checkpoint.metrics["valid_top1"] = 0.5
+    summary = describe.model_summary(Recognizer(checkpoint), "x.pt")
+    for line in ["- Training data (2189 train clips, 253 valid clips):",
+                 "  - **asterisk**: Asterisk prompts, CC BY-SA 3.0",
+                 "- Held out from training: 20% of each speaker", "- Made by: `python -m training.default_model`",
+                 "- Accuracy on 612 held-out clips: top-1 90.0%, top-5 99.0%", "  - asterisk: top-1 80.0% on 120 clips",
+                 "- New voices (asterisk/june), unheard by a model of the same recipe: enrolled from 5 clips each, "
+                 "then identified 75.0% of 40 clips",
+                 "- Verification: Threshold 0.620: EER point on 1 unheard speaker (equal error rate there: 8.0%)."]:
+        assert line in summary.splitlines()
+    assert "Validation accuracy" not in summary  # the held-out evaluation takes its place
+
+
+def test_demo_exposes_the_api(untrained):
+    demo = app.build_demo(untrained.recognizer, "tiny.pt")
+    names = {fn.api_name for fn in demo.fns.values() if fn.api_visibility == "public"}
+    assert names == {"identify", "enroll", "forget", "verify"}
+    assert isinstance(app.demo, gr.Blocks)
+
+
+@pytest.mark.parametrize("env, host, port", [({}, "127.0.0.1", None),
+                                             ({"GRADIO_SERVER_NAME": "0.0.0.0", "GRADIO_SERVER_PORT": "7999"},
+                                              "0.0.0.0", 7999)])
+def test_main_binds_loopback_unless_told_and_limits_uploads(untrained, tmp_path, monkeypatch, env, host, port):
+    save_checkpoint(untrained.recognizer.checkpoint, tmp_path / "tiny.pt")
+    for name in ("GRADIO_SERVER_NAME", "GRADIO_SERVER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    launched = {}
+    monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kwargs: launched.update(kwargs))
+    assert app.main(["--checkpoint", str(tmp_path / "tiny.pt"), "--gallery", str(tmp_path / "gallery")]) == 0
+    assert launched["server_name"] == host and launched["server_port"] == port
+    assert launched["max_file_size"] == app.MAX_UPLOAD and not launched.get("share")
+    assert "echoCancellation: false" in launched["head"]
+
+
+def test_missing_checkpoint_exits_with_a_message(tmp_path, capsys):
+    assert app.main(["--checkpoint", str(tmp_path / "nothing.pt"), "--gallery", str(tmp_path)]) == 1
+    assert "no checkpoint at" in capsys.readouterr().err
+
+
+def example_rows() -> list[dict]:
+    with open(EXAMPLES / "sources.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_examples_are_documented_and_committable():
+    rows = example_rows()
+    readme = (EXAMPLES / "README.md").read_text()
+    assert len(rows) >= 4 and any(r["file"].endswith(".pt") for r in rows)
+    for row in rows:
+        assert (EXAMPLES / row["file"]).is_file() and row["file"] in readme
+        assert row["clip"].startswith("asterisk/") and row["speaker"] == row["clip"].rsplit("/", 1)[0]
+        assert row["licence"] == "CC BY-SA 3.0" and row["author"] and row["author"] in readme
+    features = torch.load(EXAMPLES / [r["file"] for r in rows if r["file"].endswith(".pt")][0], weights_only=True)
+    assert features.dtype == torch.float32 and features.dim() == 2 and features.shape[1] == 40
+
+
+def test_examples_come_from_their_clips(speech_dir):
+    for row in example_rows():
+        clip = speech_dir / row["clip"]
+        if row["file"].endswith(".pt"):
+            made = features_from_file(clip, FeatureConfig())
+            assert torch.equal(torch.load(EXAMPLES / row["file"], weights_only=True), made)
+        else:
+            assert (EXAMPLES / row["file"]).read_bytes() == clip.read_bytes()
+
+
+def test_examples_are_held_out_from_training(trained):
+    data = Path(trained.info.get("data", "")) / "testdata.json"
+    if not data.is_file():
+        pytest.skip(f"the default model's data folder is not here ({data.parent}); cannot list its held-out clips")
+    held_out = {u["audio"] for u in json.loads(data.read_text())["utterances"]}
+    assert all(row["clip"] in held_out for row in example_rows())
