@@ -180,19 +180,22 @@ class CropDataset(Dataset):
     Items are (utterance index, crop position) pairs, as GlobalBatchSampler yields them."""
 
     def __init__(self, root: Path, utterances: list[Utterance], n_mels: int, segment: int):
-        self.root, self.utterances, self.n_mels, self.segment = Path(root), utterances, n_mels, segment
+        self.root, self.n_mels, self.segment = Path(root), n_mels, segment
+        # Two arrays rather than a million Python objects: forked loader workers read them
+        # without touching reference counts, so they share the pages instead of copying them.
+        self.paths = np.array([u.path.encode() for u in utterances])
+        self.speakers = np.array([u.speaker for u in utterances])
 
     def __len__(self) -> int:
-        return len(self.utterances)
+        return len(self.paths)
 
     def __getitem__(self, item: tuple[int, float]):
         i, position = item
-        utterance = self.utterances[i]
-        features = load_features(self.root / utterance.path, self.n_mels)
+        features = load_features(self.root / self.paths[i].decode(), self.n_mels)
         full = torch.tensor(len(features))
         crop = full.clamp(max=self.segment)
         start = int(crop_starts(torch.tensor(position, dtype=torch.float32), full, crop))
-        return features[start:start + int(crop)], utterance.speaker
+        return features[start:start + int(crop)], int(self.speakers[i])
 
 
 def pad_batch(items):
