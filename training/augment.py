@@ -34,8 +34,15 @@ class AugmentConfig:
 
 
 class Augmenter:
-    def __init__(self, config: AugmentConfig, features: FeatureConfig):
+    """Augments rank `rank`'s slice of a global batch split over `world` processes. Random numbers
+    are drawn for the whole global batch and sliced, so the global batch is augmented the same at
+    any number of processes. All work after the draws stays on the batch's device."""
+
+    def __init__(self, config: AugmentConfig, features: FeatureConfig, rank: int = 0, world: int = 1):
+        if not 0 <= rank < world:
+            raise ValueError(f"need 0 <= rank < world, got rank={rank}, world={world}")
         self.config = config
+        self.rank, self.world = rank, world
         self.floor = features.log_floor
         bank = torchaudio.functional.melscale_fbanks(  # (n_freqs, n_mels), the pipeline's own filters
             features.n_fft // 2 + 1, features.f_min, features.f_max or features.sample_rate / 2,
@@ -53,7 +60,8 @@ class Augmenter:
         power = x.exp()
         if c.noise_prob > 0:
             pick = self._chance(B, c.noise_prob, generator, x.device)
-            snr = torch.empty(B).uniform_(*c.snr_db, generator=generator).to(x.device)
+            low, high = c.snr_db
+            snr = low + (high - low) * self._uniform(B, generator, x.device)
             level = (power * real).sum((1, 2)) / (real.sum((1, 2)) * x.shape[2])  # mean power (B,)
             noise = (level * 10 ** (-snr / 10) * pick)[:, None, None] * self.white.to(x.device)
             power = power + noise
@@ -70,19 +78,22 @@ class Augmenter:
         mean = (x * real).sum(1, keepdim=True) / lengths[:, None, None].to(x.dtype)  # (B, 1, F)
         hide = torch.zeros(B, T, F, dtype=torch.bool, device=x.device)
         for _ in range(c.freq_masks):
-            hide |= self._band(B, F, c.freq_width, torch.full((B,), F), generator, x.device)[:, None, :]
+            hide |= self._band(B, F, c.freq_width, torch.full((B,), F, device=x.device), generator)[:, None, :]
         for _ in range(c.time_masks):
-            hide |= self._band(B, T, c.time_width, lengths.cpu(), generator, x.device)[:, :, None]
+            hide |= self._band(B, T, c.time_width, lengths, generator)[:, :, None]
         return torch.where(hide & real, mean, x)
 
-    @staticmethod
-    def _chance(n, p, generator, device):
-        return (torch.rand(n, generator=generator) < p).to(device)
+    def _uniform(self, n, generator, device):
+        """n uniform numbers in [0, 1) for this rank's rows, from a draw for the global batch."""
+        draw = torch.rand(n * self.world, generator=generator)
+        return draw[self.rank * n:(self.rank + 1) * n].to(device, non_blocking=True)
 
-    @staticmethod
-    def _band(n, size, max_width, limits, generator, device):
+    def _chance(self, n, p, generator, device):
+        return self._uniform(n, generator, device) < p
+
+    def _band(self, n, size, max_width, limits, generator):
         """(n, size) bool: one random band of width 0..max_width per row, inside [0, limit)."""
-        width = (torch.rand(n, generator=generator) * (max_width + 1)).long().minimum(limits // 4)
-        start = (torch.rand(n, generator=generator) * (limits - width + 1)).long()
-        index = torch.arange(size)
-        return ((index >= start[:, None]) & (index < (start + width)[:, None])).to(device)
+        width = (self._uniform(n, generator, limits.device) * (max_width + 1)).long().minimum(limits // 4)
+        start = (self._uniform(n, generator, limits.device) * (limits - width + 1)).long()
+        index = torch.arange(size, device=limits.device)
+        return (index >= start[:, None]) & (index < (start + width)[:, None])

@@ -14,9 +14,13 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
+
+# Independent random streams of one training step (see step_generator).
+BATCH, AUGMENT, DROPOUT = 0, 1, 2
 
 
 class DataError(ValueError):
@@ -155,10 +159,15 @@ class FeatureBank:
     def crops(self, index: torch.Tensor, segment: int, generator: torch.Generator):
         """Random `segment`-frame crops of utterances `index` (shorter ones whole, zero-padded)
         -> features (B, segment, n_mels) float32, lengths (B,), labels (B,)."""
-        index = index.to(self.lengths.device)
-        lengths = self.lengths[index].clamp(max=segment)
-        room = (self.lengths[index] - lengths + 1).cpu()
-        starts = (torch.rand(len(index), generator=generator) * room).long().to(index.device)
+        return self.crops_at(index, segment, torch.rand(len(index), generator=generator))
+
+    def crops_at(self, index: torch.Tensor, segment: int, position: torch.Tensor):
+        """As `crops`, with each crop's place given: `position` (B,) in [0, 1) (see crop_starts).
+        Stays on the bank's device: no host synchronisation."""
+        index = index.to(self.lengths.device, non_blocking=True)
+        full = self.lengths[index]
+        lengths = full.clamp(max=segment)
+        starts = crop_starts(position.to(index.device, non_blocking=True), full, lengths)
         steps = torch.arange(segment, device=index.device)
         rows = self.offsets[index, None] + starts[:, None] + steps.clamp(max=lengths[:, None] - 1)  # (B, S)
         features = self.frames[rows].float()
@@ -172,20 +181,32 @@ class FeatureBank:
         return torch.nn.utils.rnn.pad_sequence(items, batch_first=True), lengths, self.labels[index]
 
 
+def crop_starts(position: torch.Tensor, lengths: torch.Tensor, crop: torch.Tensor) -> torch.Tensor:
+    """First frame of each crop: `position` in [0, 1) spread over the room an utterance leaves."""
+    return (position * (lengths - crop + 1)).long().minimum(lengths - crop)
+
+
 class CropDataset(Dataset):
-    """Reads utterances from disk on demand: for data sets too large to hold in memory."""
+    """Reads utterances from disk on demand: for data sets too large to hold in memory.
+    Items are (utterance index, crop position) pairs, as GlobalBatchSampler yields them."""
 
     def __init__(self, root: Path, utterances: list[Utterance], n_mels: int, segment: int):
-        self.root, self.utterances, self.n_mels, self.segment = Path(root), utterances, n_mels, segment
+        self.root, self.n_mels, self.segment = Path(root), n_mels, segment
+        # Two arrays rather than a million Python objects: forked loader workers read them
+        # without touching reference counts, so they share the pages instead of copying them.
+        self.paths = np.array([u.path.encode() for u in utterances])
+        self.speakers = np.array([u.speaker for u in utterances])
 
     def __len__(self) -> int:
-        return len(self.utterances)
+        return len(self.paths)
 
-    def __getitem__(self, i: int):
-        utterance = self.utterances[i]
-        features = load_features(self.root / utterance.path, self.n_mels)
-        start = random.randint(0, max(0, len(features) - self.segment))  # worker RNG, seeded by the loader
-        return features[start:start + self.segment], utterance.speaker
+    def __getitem__(self, item: tuple[int, float]):
+        i, position = item
+        features = load_features(self.root / self.paths[i].decode(), self.n_mels)
+        full = torch.tensor(len(features))
+        crop = full.clamp(max=self.segment)
+        start = int(crop_starts(torch.tensor(position, dtype=torch.float32), full, crop))
+        return features[start:start + int(crop)], int(self.speakers[i])
 
 
 def sample_statistics(root: Path, utterances: list[Utterance], n_mels: int, count: int = 2000, seed: int = 0):
@@ -202,8 +223,49 @@ def pad_batch(items):
             torch.tensor([label for _, label in items]))
 
 
-def _seed_worker(worker_id: int):
-    random.seed(torch.initial_seed() % 2**32)
+def derived_seed(*keys: int) -> int:
+    """A well-mixed 64-bit seed from integer keys such as (seed, step, stream, rank)."""
+    return int(np.random.SeedSequence(list(keys)).generate_state(1, np.uint64)[0])
+
+
+def step_generator(seed: int, step: int, stream: int) -> torch.Generator:
+    """The random numbers of one training step. They depend on (seed, step, stream) only, never on
+    the rank or the number of processes: every rank draws the same global batch, and a resumed
+    run draws what an uninterrupted one would have."""
+    return torch.Generator().manual_seed(derived_seed(seed, step, stream))
+
+
+def shard(x: torch.Tensor, rank: int, world: int) -> torch.Tensor:
+    """Rank `rank`'s equal slice of a global batch."""
+    size = len(x) // world
+    return x[rank * size:(rank + 1) * size]
+
+
+def global_batches(weights: torch.Tensor, batch_size: int, seed: int, step: int = 0, rank: int = 0,
+                   world: int = 1):
+    """Endless (index, position) pairs from step `step` on: each step draws a global batch of
+    `batch_size` utterances (with replacement, in proportion to `weights`) and crop positions,
+    and keeps this rank's slice."""
+    if batch_size % world:
+        raise ValueError(f"batch size {batch_size} is not divisible by {world} processes")
+    while True:
+        generator = step_generator(seed, step, BATCH)
+        index = torch.multinomial(weights, batch_size, replacement=True, generator=generator)
+        position = torch.rand(batch_size, generator=generator)
+        yield shard(index, rank, world), shard(position, rank, world)
+        step += 1
+
+
+class GlobalBatchSampler:
+    """A DataLoader batch sampler over global_batches: lists of (utterance index, crop position)."""
+
+    def __init__(self, weights: torch.Tensor, batch_size: int, seed: int, step: int = 0, rank: int = 0,
+                 world: int = 1):
+        self.args = (weights, batch_size, seed, step, rank, world)
+
+    def __iter__(self):
+        for index, position in global_batches(*self.args):
+            yield list(zip(index.tolist(), position.tolist()))
 
 
 def sampling_weights(utterances: list[Utterance], balance_speakers: bool) -> torch.Tensor:
@@ -215,17 +277,18 @@ def sampling_weights(utterances: list[Utterance], balance_speakers: bool) -> tor
 
 
 def crop_batches(train: list[Utterance], root: Path, n_mels: int, batch_size: int, segment: int,
-                 seed: int, bank: FeatureBank | None, workers: int = 2, balance_speakers: bool = True):
+                 seed: int, bank: FeatureBank | None, workers: int = 2, balance_speakers: bool = True,
+                 step: int = 0, rank: int = 0, world: int = 1):
     """An endless stream of (features, lengths, labels) batches of random crops, speaker-balanced or
-    uniform over utterances. Deterministic given `seed`; from memory when a bank is given, else from disk."""
-    generator = torch.Generator().manual_seed(seed)
+    uniform over utterances, from training step `step` on. `batch_size` is the global batch; rank
+    `rank` of `world` processes gets its equal slice, so any number of processes trains on the same
+    global batches. From memory when a bank is given, else read from disk by `workers` processes;
+    both give the same crops (from disk, padded only to the longest crop of the batch)."""
     weights = sampling_weights(train, balance_speakers)
     if bank is not None:
-        while True:
-            index = torch.multinomial(weights, batch_size, replacement=True, generator=generator)
-            yield bank.crops(index, segment, generator)
-    sampler = WeightedRandomSampler(weights, num_samples=2**31 - 1, replacement=True, generator=generator)
-    loader = DataLoader(CropDataset(root, train, n_mels, segment), batch_size=batch_size, sampler=sampler,
-                        num_workers=workers, collate_fn=pad_batch, worker_init_fn=_seed_worker,
-                        generator=generator, persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())
+        for index, position in global_batches(weights, batch_size, seed, step, rank, world):
+            yield bank.crops_at(index, segment, position)
+    sampler = GlobalBatchSampler(weights, batch_size, seed, step, rank, world)
+    loader = DataLoader(CropDataset(root, train, n_mels, segment), batch_sampler=sampler, num_workers=workers,
+                        collate_fn=pad_batch, persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())
     yield from loader

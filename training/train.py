@@ -5,8 +5,14 @@
     torchrun --nproc_per_node=N -m training.train ...   (DistributedDataParallel)
 
 Writes RUN_DIR/config.json, RUN_DIR/metrics.csv (one row per validation),
-RUN_DIR/last.pt (with optimizer, scheduler, step and RNG state) and
-RUN_DIR/best.pt (the weights with the best validation accuracy).
+RUN_DIR/last.pt (with optimizer, scheduler and step) and RUN_DIR/best.pt (the
+weights with the best validation accuracy).
+
+The batches, crops and augmentation of step s depend only on (seed, s): every
+process draws the same global batch and trains on its equal slice, so N
+processes make the same updates as one, and a resumed run continues the
+sequence. Dropout draws from a stream per process, seeded by (seed, step, rank).
+Under torchrun only rank 0 validates, logs and writes, from the unwrapped model.
 """
 
 from __future__ import annotations
@@ -17,7 +23,6 @@ import csv
 import json
 import math
 import os
-import random
 import sys
 import time
 from dataclasses import replace
@@ -35,8 +40,8 @@ from speaker_app.model import SpeakerModel, build_model
 
 from .augment import Augmenter
 from .config import TrainConfig, baseline_config, from_dict, override, read_config_file
-from .data import (DataError, FeatureBank, crop_batches, read_labelled, read_speakers, sample_statistics,
-                   split_utterances)
+from .data import (AUGMENT, DROPOUT, DataError, FeatureBank, crop_batches, derived_seed, read_labelled,
+                   read_speakers, sample_statistics, split_utterances, step_generator)
 
 METRIC_FIELDS = ["step", "train_loss", "train_acc", "valid_loss", "valid_top1", "valid_top5", "lr",
                  "steps_per_s", "elapsed_s"]
@@ -91,11 +96,22 @@ class Distributed:
         if cuda:
             torch.cuda.set_device(self.device)
         if self.world > 1:
-            dist.init_process_group("nccl" if cuda else "gloo")
+            dist.init_process_group("nccl" if cuda else "gloo", device_id=self.device if cuda else None)
 
     @property
     def main(self) -> bool:
         return self.rank == 0
+
+    def sum(self, values: torch.Tensor) -> torch.Tensor:
+        """Sum over processes (a collective: every rank must call it)."""
+        if self.world > 1:
+            dist.all_reduce(values)
+        return values
+
+    def wait(self):
+        """Hold every rank here until rank 0 has validated and written its checkpoints."""
+        if self.world > 1:
+            dist.barrier()
 
     def close(self):
         if self.world > 1:
@@ -170,18 +186,10 @@ def evaluate(model: SpeakerModel, bank: FeatureBank, device, max_frames: int) ->
     return {"valid_loss": total["loss"] / n, "valid_top1": total["top1"] / n, "valid_top5": total["top5"] / n}
 
 
-def rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1])}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng(state: dict):
-    torch.set_rng_state(state["torch"])
-    random.setstate((3, tuple(state["python"]), None))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+def window_means(loss_sum, correct_sum, steps: int, env: Distributed, batch_size: int) -> tuple[float, float]:
+    """Training loss and accuracy over the last window, averaged over all ranks (global batch)."""
+    totals = env.sum(torch.stack([loss_sum.double(), correct_sum.double()])).tolist()
+    return totals[0] / (steps * env.world), totals[1] / (steps * batch_size)
 
 
 def append_metrics(path: Path, row: dict):
@@ -245,8 +253,7 @@ def main(argv=None) -> int:
     progress = env.main and not args.no_progress
     if config.batch_size % env.world:
         raise SystemExit(f"error: batch size {config.batch_size} is not divisible by {env.world} processes")
-    torch.manual_seed(config.seed)
-    random.seed(config.seed)
+    torch.manual_seed(config.seed)  # the same initial weights on every rank
     features = feature_config_of(args.data)
     if features.n_mels != config.model.n_mels:
         raise SystemExit(f"error: the data has {features.n_mels} mel bins, the model expects {config.model.n_mels}")
@@ -265,7 +272,6 @@ def main(argv=None) -> int:
         model.load_state_dict(resume.state_dict)
         optimizer.load_state_dict(resume.training_state["optimizer"])
         scheduler.load_state_dict(resume.training_state["scheduler"])
-        restore_rng(resume.training_state["rng"])
         step, best = resume.step, resume.training_state["best_top1"]
         if env.main:
             truncate_metrics(run / "metrics.csv", step)
@@ -280,12 +286,10 @@ def main(argv=None) -> int:
             model, device_ids=[env.device] if env.device.type == "cuda" else None)
     if config.compile:
         network = torch.compile(network)
-    # Sampling depends on (seed, rank, step), so a resumed run draws fresh but reproducible batches.
-    sample_seed = config.seed * 1_000_003 + env.rank * 7919 + step
-    batches = crop_batches(train, args.data, features.n_mels, config.batch_size // env.world,
-                           config.segment_frames, sample_seed, bank, config.workers, config.balance_speakers)
-    generator = torch.Generator().manual_seed(sample_seed + 1)
-    augment = Augmenter(config.augment, features)
+    torch.manual_seed(derived_seed(config.seed, step, DROPOUT, env.rank))
+    batches = crop_batches(train, args.data, features.n_mels, config.batch_size, config.segment_frames,
+                           config.seed, bank, config.workers, config.balance_speakers, step, env.rank, env.world)
+    augment = Augmenter(config.augment, features, env.rank, env.world)
     info = {"data": str(args.data), "n_train": len(train), "n_valid": len(valid), "world_size": env.world}
 
     bar = tqdm(total=config.steps, initial=step, disable=not progress, unit="step", dynamic_ncols=True,
@@ -297,6 +301,7 @@ def main(argv=None) -> int:
     started = window_start - (resume.metrics.get("elapsed_s", 0.0) if resume else 0.0)
     model.train()
     while step < config.steps:
+        generator = step_generator(config.seed, step, AUGMENT)
         loss, correct = train_step(model, network, next(batches), augment, generator, optimizer, scheduler,
                                    config, env.device)
         window_loss += loss
@@ -309,10 +314,10 @@ def main(argv=None) -> int:
                             acc=f"{window_correct.item() / (window_steps * config.batch_size // env.world):.3f}")
         if step % config.valid_every and step != config.steps:
             continue
+        train_loss, train_acc = window_means(window_loss, window_correct, window_steps, env, config.batch_size)
         if env.main:
             elapsed = time.time() - window_start
-            metrics = {"step": step, "train_loss": window_loss.item() / window_steps,
-                       "train_acc": window_correct.item() / (window_steps * config.batch_size // env.world),
+            metrics = {"step": step, "train_loss": train_loss, "train_acc": train_acc,
                        **evaluate(model, valid_bank, env.device, config.valid_max_frames),
                        "lr": scheduler.get_last_lr()[0], "steps_per_s": window_steps / elapsed,
                        "elapsed_s": time.time() - started}
@@ -321,10 +326,10 @@ def main(argv=None) -> int:
             if metrics["valid_top1"] > best:
                 best = metrics["valid_top1"]
                 save_checkpoint(make_checkpoint(model, config, features, speakers, step, metrics, info), run / "best.pt")
-            state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                     "rng": rng_state(), "best_top1": best}
+            state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "best_top1": best}
             save_checkpoint(make_checkpoint(model, config, features, speakers, step, metrics, info, state), last_path,
                             keep_previous=True)
+        env.wait()
         window_loss.zero_()
         window_correct.zero_()
         window_steps, window_start = 0, time.time()
