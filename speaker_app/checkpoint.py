@@ -85,6 +85,7 @@ def atomic_write(path: str | Path, write, keep_previous: bool = False) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), 0o644)  # mkstemp makes it private; keep the usual mode of a saved file
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
