@@ -1,11 +1,12 @@
 """Latency of identifying a 5-second clip with every output the app shows.
 
-    python bench/app_latency.py [--checkpoint checkpoints/default.pt] [--runs 20] [--url http://127.0.0.1:7860/]
+    python -m bench.app_latency [--checkpoint checkpoints/default.pt] [--runs 20] [--url http://127.0.0.1:7860/]
 
 In process: the Identify handler (decode, features, model, attention maps, both figures) plus
 Gradio's own post-processing of its outputs (the figures rendered to PNG, the label), timed after
 two warm-up runs. With --url, the same request through a running app with gradio_client
-(adds upload and HTTP). Run it on an otherwise idle machine.
+(adds upload and HTTP). Run it on an otherwise idle machine; it rewrites the `app` section of
+bench/RESULTS.md (`--print-only`: print it only).
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from . import common
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 CLIP = ROOT / "examples" / "allison_en-US_followme-status.flac"
 SECONDS = 5.0
@@ -35,6 +37,18 @@ def five_second_clip(folder: Path) -> Path:
     path = folder / "five-seconds.wav"
     sf.write(path, soxr.resample(wave, rate, RATE), RATE, subtype="PCM_16")
     return path
+
+
+def timed(once, runs: int) -> list[float]:
+    """Seconds of each of `runs` calls of once(), after two warm-up calls."""
+    for _ in range(2):
+        once()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        once()
+        times.append(time.perf_counter() - start)
+    return times
 
 
 def in_process(checkpoint: Path, clip: Path, runs: int) -> list[float]:
@@ -51,14 +65,7 @@ def in_process(checkpoint: Path, clip: Path, runs: int) -> list[float]:
         plot.postprocess(features)
         plot.postprocess(attention)
 
-    for _ in range(2):
-        once()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        once()
-        times.append(time.perf_counter() - start)
-    return times
+    return timed(once, runs)
 
 
 def over_http(url: str, clip: Path, runs: int) -> list[float]:
@@ -69,14 +76,7 @@ def over_http(url: str, clip: Path, runs: int) -> list[float]:
     def once():
         client.predict(handle_file(str(clip)), None, 5, 1, 0, api_name="/identify")
 
-    for _ in range(2):
-        once()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        once()
-        times.append(time.perf_counter() - start)
-    return times
+    return timed(once, runs)
 
 
 def report(name: str, times: list[float]) -> str:
@@ -91,15 +91,23 @@ def main(argv=None) -> int:
     parser.add_argument("--checkpoint", type=Path, default=ROOT / "checkpoints" / "default.pt")
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--url", help="also time a running app over HTTP")
+    parser.add_argument("--results", type=Path, help="file whose `app` section to rewrite (default bench/RESULTS.md)")
+    parser.add_argument("--print-only", action="store_true", help="print the section, write no file")
     args = parser.parse_args(argv)
     import torch
 
+    started = time.perf_counter()
     with tempfile.TemporaryDirectory() as folder:
         clip = five_second_clip(Path(folder))
-        print(f"5.0 s clip at {RATE} Hz, torch threads: {torch.get_num_threads()}")
-        print(report("handler + Gradio post-processing", in_process(args.checkpoint, clip, args.runs)))
+        lines = [f"A {SECONDS:.0f}-second clip at {RATE} Hz (Allison, held out), torch threads: "
+                 f"{torch.get_num_threads()}, checkpoint `{args.checkpoint.name}`. Every output of the Identify "
+                 "tab: decoding, features, model, top-k, verdict, attention maps, both figures rendered to PNG.",
+                 "", "- " + report("handler + Gradio post-processing", in_process(args.checkpoint, clip, args.runs))]
         if args.url:
-            print(report("HTTP round trip (gradio_client)", over_http(args.url, clip, args.runs)))
+            lines.append("- " + report("HTTP round trip (gradio_client)", over_http(args.url, clip, args.runs)))
+    text = common.header("App latency: identify a 5-second clip (CPU)", time.perf_counter() - started)
+    path = None if args.print_only else args.results or common.RESULTS
+    common.write_section("app", text + "\n" + "\n".join(lines) + "\n", path)
     return 0
 
 
