@@ -22,7 +22,7 @@ MAX_NAME = 64
 def sanitise_name(name: str) -> str:
     """A display name safe anywhere: no path separators, control characters or leading dots."""
     name = re.sub(r"[\x00-\x1f\x7f/\\]+", " ", str(name))
-    name = re.sub(r"\s+", " ", name).strip().lstrip(".").strip()
+    name = re.sub(r"\s+", " ", name).strip().lstrip(". ")
     if not name:
         raise ValueError("a speaker name needs at least one visible character")
     if len(name) > MAX_NAME:

@@ -107,7 +107,11 @@ class Recognizer:
         elif isinstance(source, tuple) and len(source) == 2:
             rate, samples = source
             samples = np.asarray(samples)
-            self._check_duration(len(samples) / max(1, rate), "the recording")
+            if not isinstance(rate, (int, np.integer)) or rate <= 0:
+                raise InputError(f"the recording has no valid sample rate: {rate!r}")
+            if samples.ndim not in (1, 2):
+                raise InputError(f"the recording must be (samples,) or (samples, channels), got shape {samples.shape}")
+            self._check_duration(len(samples) / rate, "the recording")
             if len(samples) > MAX_AUDIO_SECONDS * rate:
                 samples = samples[: int(MAX_AUDIO_SECONDS * rate)]
                 notes.append(f"only the first {MAX_AUDIO_SECONDS / 60:g} minutes were analysed")
