@@ -159,9 +159,11 @@ class Recognizer:
                 return torch.from_numpy(np.load(path, allow_pickle=False))
             return torch.load(path, map_location="cpu", weights_only=True)
         except Exception as error:
-            reason = str(error).splitlines()[0][:200]
-            if "weights_only" in str(error) or "Unsupported global" in str(error):
+            reason = str(error).splitlines()[0][:200] if str(error) else "it is empty or cut short"
+            if "Unsupported global" in str(error):
                 reason = "it holds Python objects, not just a tensor (refused: loading it could run code)"
+            elif "weights_only" in str(error):  # torch's text here is about unsafe loading: the bytes are no pickle
+                reason = "it is damaged or not a tensor file"
             raise InputError(f"cannot read {path.name}: {reason}") from None
 
     def _check_features(self, features, name: str) -> torch.Tensor:
