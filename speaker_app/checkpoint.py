@@ -41,7 +41,10 @@ class Checkpoint:
         try:
             model.load_state_dict(self.state_dict)
         except RuntimeError as error:
-            raise CheckpointError(f"weights do not fit the stored model config: {error}") from None
+            # torch lists every tensor; the first problem and a count say enough.
+            problems = [line.strip() for line in str(error).splitlines()[1:] if line.strip()] or [str(error)]
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise CheckpointError(f"weights do not fit the stored model config: {problems[0]}{more}") from None
         return model.eval()
 
     def to_dict(self) -> dict:
@@ -65,7 +68,7 @@ class Checkpoint:
         if data.get("format_version", 1) > FORMAT_VERSION:
             raise CheckpointError(f"checkpoint format {data['format_version']} is newer than this code ({FORMAT_VERSION})")
         try:
-            return cls(
+            checkpoint = cls(
                 model_config=ModelConfig.from_dict(data["model_config"]),
                 feature_config=FeatureConfig.from_dict(data["feature_config"]),
                 speakers=list(data["speakers"]), state_dict=data["state_dict"],
@@ -74,6 +77,11 @@ class Checkpoint:
             )
         except (TypeError, ValueError) as error:
             raise CheckpointError(f"checkpoint config is invalid: {error}") from None
+        features, model = checkpoint.feature_config.n_mels, checkpoint.model_config.n_mels
+        if features != model:
+            raise CheckpointError(f"checkpoint does not fit together: its feature config makes {features} mel bins, "
+                                  f"its model expects {model}")
+        return checkpoint
 
 
 def atomic_write(path: str | Path, write, keep_previous: bool = False) -> None:
@@ -130,7 +138,14 @@ def _load(path: Path) -> Checkpoint:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # pickle.UnpicklingError for unsafe files, RuntimeError for damaged ones
-        reason = "it is truncated or damaged" if "zip" in str(error).lower() or "EOF" in str(error) else str(error).splitlines()[0]
+        # torch's own text on unsafe files explains how to load them anyway: not advice to pass on.
+        message = str(error)
+        if "Unsupported global" in message:
+            reason = "it holds Python objects, not just tensors and plain data (refused: loading it could run code)"
+        elif isinstance(error, EOFError) or "zip" in message.lower() or "EOF" in message or "weights_only" in message:
+            reason = "it is truncated or damaged"
+        else:
+            reason = message.splitlines()[0] if message else type(error).__name__
         raise CheckpointError(f"cannot load checkpoint {path}: {reason}") from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{path} is not a speaker checkpoint")

@@ -74,7 +74,7 @@ def read_audio(path: str | Path, sample_rate: int, max_seconds: float | None = N
     try:
         info = sf.info(str(path))
     except Exception as error:  # soundfile raises LibsndfileError, RuntimeError, TypeError
-        raise AudioError(f"cannot decode {path.name}: {error}") from None
+        raise AudioError(f"cannot decode {path.name}: {decode_reason(error, path)}") from None
     if info.frames == 0 or info.samplerate <= 0:
         raise AudioError(f"{path.name} holds no audio")
     limit = None if max_seconds is None else int(max_seconds * info.samplerate)
@@ -89,10 +89,15 @@ def read_audio(path: str | Path, sample_rate: int, max_seconds: float | None = N
             mono = chunk.mean(axis=1)  # sox `channels 1` averages the channels
             pieces.append(resampler.resample_chunk(mono) if resampler else mono)
     except Exception as error:
-        raise AudioError(f"cannot decode {path.name}: {error}") from None
+        raise AudioError(f"cannot decode {path.name}: {decode_reason(error, path)}") from None
     if resampler:
         pieces.append(resampler.resample_chunk(np.zeros(0, np.float32), last=True))
     return np.concatenate(pieces).astype(np.float32, copy=False) if pieces else np.zeros(0, np.float32)
+
+
+def decode_reason(error: Exception, path: Path) -> str:
+    """soundfile's message without the file's full path: the user knows the name, not the server's folders."""
+    return str(error).replace(f"Error opening {str(path)!r}: ", "")
 
 
 def to_mono(wave: np.ndarray, rate: int, sample_rate: int) -> np.ndarray:

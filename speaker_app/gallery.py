@@ -22,7 +22,7 @@ MAX_NAME = 64
 def sanitise_name(name: str) -> str:
     """A display name safe anywhere: no path separators, control characters or leading dots."""
     name = re.sub(r"[\x00-\x1f\x7f/\\]+", " ", str(name))
-    name = re.sub(r"\s+", " ", name).strip().lstrip(".").strip()
+    name = re.sub(r"\s+", " ", name).strip().lstrip(". ")
     if not name:
         raise ValueError("a speaker name needs at least one visible character")
     if len(name) > MAX_NAME:
@@ -49,9 +49,11 @@ class Gallery:
                              "move it away or choose another gallery folder")
         return data.get("speakers", {})
 
-    def _write(self):
-        data = {"model": self.fingerprint, "speakers": self._speakers}
+    def _write(self, speakers: dict[str, dict]):
+        """Write `speakers` and only then hold them: a failed write leaves file and memory as they were."""
+        data = {"model": self.fingerprint, "speakers": speakers}
         atomic_write(self.path, lambda handle: handle.write(json.dumps(data, indent=1).encode()))
+        self._speakers = speakers
 
     def names(self) -> list[str]:
         with self._lock:
@@ -67,17 +69,17 @@ class Gallery:
 
     def add(self, name: str, embedding: torch.Tensor, clips: int) -> str:
         name = sanitise_name(name)
+        entry = {"embedding": [round(float(v), 6) for v in embedding], "clips": clips,
+                 "enrolled": time.strftime("%Y-%m-%dT%H:%M:%S")}
         with self._lock:
-            self._speakers[name] = {"embedding": [round(float(v), 6) for v in embedding],
-                                    "clips": clips, "enrolled": time.strftime("%Y-%m-%dT%H:%M:%S")}
-            self._write()
+            self._write({**self._speakers, name: entry})
         return name
 
     def remove(self, name: str) -> bool:
         with self._lock:
-            if self._speakers.pop(name, None) is None:
+            if name not in self._speakers:
                 return False
-            self._write()
+            self._write({n: s for n, s in self._speakers.items() if n != name})
             return True
 
     def info(self) -> list[tuple[str, int, str]]:

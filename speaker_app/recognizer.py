@@ -107,7 +107,11 @@ class Recognizer:
         elif isinstance(source, tuple) and len(source) == 2:
             rate, samples = source
             samples = np.asarray(samples)
-            self._check_duration(len(samples) / max(1, rate), "the recording")
+            if not isinstance(rate, (int, np.integer)) or rate <= 0:
+                raise InputError(f"the recording has no valid sample rate: {rate!r}")
+            if samples.ndim not in (1, 2):
+                raise InputError(f"the recording must be (samples,) or (samples, channels), got shape {samples.shape}")
+            self._check_duration(len(samples) / rate, "the recording")
             if len(samples) > MAX_AUDIO_SECONDS * rate:
                 samples = samples[: int(MAX_AUDIO_SECONDS * rate)]
                 notes.append(f"only the first {MAX_AUDIO_SECONDS / 60:g} minutes were analysed")
@@ -155,9 +159,11 @@ class Recognizer:
                 return torch.from_numpy(np.load(path, allow_pickle=False))
             return torch.load(path, map_location="cpu", weights_only=True)
         except Exception as error:
-            reason = str(error).splitlines()[0][:200]
-            if "weights_only" in str(error) or "Unsupported global" in str(error):
+            reason = str(error).splitlines()[0][:200] if str(error) else "it is empty or cut short"
+            if "Unsupported global" in str(error):
                 reason = "it holds Python objects, not just a tensor (refused: loading it could run code)"
+            elif "weights_only" in str(error):  # torch's text here is about unsafe loading: the bytes are no pickle
+                reason = "it is damaged or not a tensor file"
             raise InputError(f"cannot read {path.name}: {reason}") from None
 
     def _check_features(self, features, name: str) -> torch.Tensor:

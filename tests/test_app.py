@@ -84,13 +84,14 @@ def test_each_layer_and_head_can_be_shown(handlers):
     assert handlers.show_attention(None, 1, 1) is None
 
 
-@pytest.mark.parametrize("rate, channels, suffix", [(8000, 1, ".flac"), (16000, 1, ".wav"), (44100, 1, ".wav"),
-                                                     (44100, 2, ".wav"), (16000, 2, ".ogg")])
+@pytest.mark.parametrize("rate, channels, suffix", [
+    (8000, 1, ".flac"), (11025, 1, ".wav"), (16000, 1, ".wav"), (22050, 2, ".flac"), (44100, 1, ".wav"),
+    (44100, 2, ".wav"), (48000, 6, ".wav"), (96000, 1, ".flac"), (16000, 2, ".ogg")])
 def test_audio_at_any_rate_and_channel_count(handlers, allison_embedding, tmp_path, rate, channels, suffix):
     wave, original = sf.read(ALLISON, dtype="float32")
     wave = soxr.resample(wave, original, rate) if rate != original else wave
-    if channels == 2:
-        wave = np.stack([wave, 0.5 * wave], axis=1)
+    if channels > 1:
+        wave = np.stack([wave * (1 - 0.1 * c) for c in range(channels)], axis=1)
     path = tmp_path / f"clip{suffix}"
     sf.write(path, wave, rate)
     label, verdict, *_ = handlers.identify(str(path), None, 5)
@@ -106,29 +107,45 @@ def test_a_feature_file_wins_over_audio(handlers):
 
 
 def write_bad_input(kind: str, folder: Path) -> str | None:
-    path = folder / {"empty": "empty.wav", "corrupt": "corrupt.flac", "shape": "shape.pt", "transposed": "t.pt",
-                     "dtype": "int.pt", "nan": "nan.npy", "object": "object.pt", "silence": "silence.wav",
-                     "short": "short.wav", "nan-audio": "nan.wav"}.get(kind, "none")
+    path = folder / {"empty": "empty.wav", "zero-length": "zero.wav", "corrupt": "corrupt.flac",
+                     "unsupported": "clip.m4a", "shape": "shape.pt", "transposed": "t.pt", "1-D": "1d.pt",
+                     "3-D": "3d.pt", "dtype": "int.pt", "nan": "nan.npy", "inf": "inf.pt", "one-frame": "one.npy",
+                     "object": "object.pt", "silence": "silence.wav", "short": "short.wav",
+                     "nan-audio": "nan.wav"}.get(kind, "none")
     if kind == "empty":
         path.write_bytes(b"")
+    elif kind == "zero-length":
+        sf.write(path, np.zeros(0, np.float32), 16000)  # a valid header, no samples
     elif kind == "corrupt":
         path.write_bytes(b"fLaC" + bytes(range(256)) * 8)
+    elif kind == "unsupported":
+        path.write_bytes(b"\0\0\0\x18ftypM4A " + bytes(500))  # AAC in MP4: libsndfile does not read it
     elif kind == "shape":
         torch.save(torch.randn(100, 80), path)
     elif kind == "transposed":
         torch.save(torch.randn(40, 300), path)
+    elif kind == "1-D":
+        torch.save(torch.randn(4000), path)
+    elif kind == "3-D":
+        torch.save(torch.randn(1, 100, 40), path)
     elif kind == "dtype":
         torch.save(torch.ones(100, 40, dtype=torch.int16), path)
     elif kind == "nan":
         features = np.random.default_rng(0).standard_normal((100, 40)).astype(np.float32)
         features[5, 5] = np.nan
         np.save(path, features)
+    elif kind == "inf":
+        features = torch.randn(100, 40)
+        features[7, 3] = -float("inf")
+        torch.save(features, path)
+    elif kind == "one-frame":
+        np.save(path, np.zeros((1, 40), np.float32))
     elif kind == "object":
         torch.save({"features": torch.randn(100, 40)}, path)
     elif kind == "silence":
         sf.write(path, np.zeros(32000, np.float32), 16000)
     elif kind == "short":
-        sf.write(path, voiced(0.2), 16000)
+        sf.write(path, voiced(0.1), 16000)
     elif kind == "nan-audio":
         wave = voiced(1.0)
         wave[1000:1100] = np.nan
@@ -139,9 +156,11 @@ def write_bad_input(kind: str, folder: Path) -> str | None:
 
 
 @pytest.mark.parametrize("kind, message", [
-    ("empty", "is empty"), ("corrupt", "cannot decode"), ("shape", "40 mel bins"), ("transposed", "transposed"),
-    ("dtype", "floating-point"), ("nan", "NaN"), ("object", "must hold a tensor"), ("silence", "no speech"),
-    ("short", "too short"), ("nan-audio", "NaN"), ("nothing", "first"),
+    ("empty", "is empty"), ("zero-length", "holds no audio"), ("corrupt", "cannot decode"),
+    ("unsupported", "cannot decode clip.m4a: Format not recognised"), ("shape", "40 mel bins"),
+    ("transposed", "transposed"), ("1-D", "2-D"), ("3-D", "2-D"), ("dtype", "floating-point"), ("nan", "NaN"),
+    ("inf", "NaN or infinite"), ("one-frame", "too little speech: 1 frames"), ("object", "must hold a tensor"),
+    ("silence", "no speech"), ("short", "too short: 0.10 s"), ("nan-audio", "NaN"), ("nothing", "first"),
 ])
 def test_bad_input_is_a_clear_message(untrained, tmp_path, kind, message):
     path = write_bad_input(kind, tmp_path)
@@ -188,6 +207,7 @@ def test_enroll_identify_list_and_delete(handlers, speech_dir):
 @pytest.mark.parametrize("name, clips, message", [
     ("ann", [], "one to five"), ("ann", ["x"] * 6, "one to five"), ("  / ", [str(ALLISON)], "visible character"),
     ("a/one", [str(ALLISON)], "already one of the model's speakers"),
+    ("x" * 500, [str(ALLISON)], "at most 64 characters, got 500"), ("../..", [str(ALLISON)], "visible character"),
 ])
 def test_enroll_refuses_bad_requests(untrained, name, clips, message):
     with pytest.raises(gr.Error, match=message):

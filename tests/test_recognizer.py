@@ -114,3 +114,7 @@ def test_names_are_sanitised():
         sanitise_name("x" * 500)
     with pytest.raises(ValueError):
         sanitise_name(" / .. ")
+    # No leading dots even when they follow a separator, so a second pass changes nothing.
+    assert sanitise_name("../../etc/passwd") == "etc passwd" == sanitise_name("etc passwd")
+    with pytest.raises(ValueError, match="visible character"):
+        sanitise_name("../..")

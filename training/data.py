@@ -113,7 +113,13 @@ def load_features(path: Path, n_mels: int) -> torch.Tensor:
         raise DataError(f"cannot load {path.name}: {str(error).splitlines()[0]}") from None
     if not isinstance(features, torch.Tensor) or features.dim() != 2 or features.shape[1] != n_mels:
         shape = tuple(features.shape) if isinstance(features, torch.Tensor) else type(features).__name__
-        raise DataError(f"{path.name}: expected a (T, {n_mels}) tensor, got {shape}")
+        transposed = isinstance(features, torch.Tensor) and features.dim() == 2 and features.shape[0] == n_mels
+        raise DataError(f"{path.name}: expected a (T, {n_mels}) tensor, got {shape}"
+                        + (" (it looks transposed)" if transposed else ""))
+    if not features.dtype.is_floating_point:
+        raise DataError(f"{path.name}: expected floating-point log-mel values, got {features.dtype}")
+    if not torch.isfinite(features).all():
+        raise DataError(f"{path.name} contains NaN or infinite values")
     return features.float()
 
 

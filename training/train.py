@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import io
 import json
 import math
 import os
@@ -33,7 +34,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from speaker_app.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
+from speaker_app.checkpoint import Checkpoint, CheckpointError, atomic_write, load_checkpoint, save_checkpoint
 from speaker_app.features import FeatureConfig
 from speaker_app.inference import length_batches
 from speaker_app.model import SpeakerModel, build_model
@@ -204,14 +205,18 @@ def append_metrics(path: Path, row: dict):
 
 
 def truncate_metrics(path: Path, step: int):
-    """Drop rows logged after the checkpoint we resume from, so no step appears twice."""
+    """Drop rows logged after the checkpoint we resume from, so no step appears twice. The file is
+    replaced atomically (a crash here leaves the old rows, never none); a row cut short by a crash
+    has missing fields and goes too."""
     if not path.exists():
         return
     with open(path, newline="") as handle:
-        rows = [row for row in csv.DictReader(handle) if int(row["step"]) <= step]
-    path.unlink()
-    for row in rows:
-        append_metrics(path, row)
+        rows = [row for row in csv.DictReader(handle) if None not in row.values() and int(row["step"]) <= step]
+    text = io.StringIO()
+    writer = csv.DictWriter(text, METRIC_FIELDS)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write(path, lambda handle: handle.write(text.getvalue().encode()))
 
 
 def make_checkpoint(model, config, features, speakers, step, metrics, info, training_state=None):

@@ -1,0 +1,208 @@
+"""Load on a running app: concurrent gradio_client users identifying while others enroll.
+
+    python -m bench.load [--checkpoint checkpoints/default.pt] [--users 16] [--requests 10] [--enrollments 16]
+
+Starts `python app.py` on a free port with its own gallery folder and waits for it. After a warm-up,
+`--users` threads each send `--requests` /identify requests (a 5 s clip at 44.1 kHz, as a browser
+records) while `--enrollments` threads each enroll one new name. Reports latency (p50, p95, max),
+failed requests, the server's resident memory before and after, and whether the gallery file parses
+and holds every enrolled name; writes the "load" section of bench/RESULTS.md (--no-write: only print).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+from gradio_client import Client, handle_file
+
+from bench.app_latency import five_second_clip
+from bench.common import REPO, header, table, write_section
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start_app(checkpoint: Path, folder: Path, timeout: float = 180) -> tuple[subprocess.Popen, str]:
+    """`python app.py` serving `checkpoint` on a free port, its gallery and log in `folder`."""
+    port = free_port()
+    env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "GRADIO_ANALYTICS_ENABLED": "False"}
+    env.pop("GRADIO_SERVER_NAME", None)
+    log = open(folder / "app.log", "w")
+    process = subprocess.Popen([sys.executable, "app.py", "--checkpoint", str(checkpoint),
+                                "--gallery", str(folder / "gallery")],
+                               cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    log.close()
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"app.py exited with {process.returncode}:\n{(folder / 'app.log').read_text()}")
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                if response.status == 200:
+                    return process, url
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            stop_app(process)
+            raise RuntimeError(f"app.py did not answer within {timeout:.0f} s:\n{(folder / 'app.log').read_text()}")
+        time.sleep(0.5)
+
+
+def stop_app(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process, from /proc (Linux)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+def client(url: str) -> Client:
+    return Client(url, verbose=False, analytics_enabled=False, download_files=tempfile.mkdtemp())
+
+
+def identify_once(user: Client, clip: Path):
+    label, *_ = user.predict(handle_file(str(clip)), None, 3, 1, 0, api_name="/identify")
+    if not label.get("confidences"):
+        raise RuntimeError(f"an answer without speakers: {label}")
+
+
+def enroll_once(user: Client, name: str, clip: Path):
+    message, *_ = user.predict(name, [handle_file(str(clip))], api_name="/enroll")
+    if not message.startswith(("Enrolled **", "Updated **")):
+        raise RuntimeError(f"unexpected enrollment answer: {message}")
+
+
+def run_load(url: str, clip: Path, users: int, requests: int, names: list[str]) -> dict:
+    """Identify and enroll at the same time; every request's latency or error."""
+    latencies, failures, lock = [], [], threading.Lock()
+    clients = [client(url) for _ in range(users + len(names))]  # connected before the clock starts
+
+    def timed(call, *args):
+        start = time.perf_counter()
+        try:
+            call(*args)
+        except Exception as error:  # any failure counts; the load goes on
+            with lock:
+                failures.append(f"{call.__name__}: {type(error).__name__}: {str(error)[:200]}")
+        else:
+            with lock:
+                latencies.append((call.__name__, time.perf_counter() - start))
+
+    def user(index: int):
+        for _ in range(requests):
+            timed(identify_once, clients[index], clip)
+
+    threads = [threading.Thread(target=user, args=(i,)) for i in range(users)]
+    threads += [threading.Thread(target=timed, args=(enroll_once, clients[users + i], name, clip))
+                for i, name in enumerate(names)]
+    start = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return {"latencies": latencies, "failures": failures, "wall_s": time.perf_counter() - start}
+
+
+def gallery_names(folder: Path) -> list[str]:
+    """Names in the app's gallery file; raises if it does not parse."""
+    files = list((folder / "gallery").glob("*.json"))
+    if len(files) != 1:
+        raise RuntimeError(f"expected one gallery file, found {files}")
+    return sorted(json.loads(files[0].read_text())["speakers"])
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def measure(checkpoint: Path, users: int, requests: int, enrollments: int, folder: Path) -> dict:
+    """Start the app, warm it up, load it, and return the figures."""
+    clip = five_second_clip(folder)
+    process, url = start_app(checkpoint, folder)
+    try:
+        warm = client(url)
+        for _ in range(2):
+            identify_once(warm, clip)
+        enroll_once(warm, "warm-up", clip)
+        before = rss_mb(process.pid)
+        names = [f"visitor {i:02d}" for i in range(enrollments)]
+        result = run_load(url, clip, users, requests, names)
+        after = rss_mb(process.pid)
+        result.update(rss_before_mb=before, rss_after_mb=after, expected_names=sorted(["warm-up", *names]))
+        try:
+            result["gallery_names"] = gallery_names(folder)
+        except (RuntimeError, ValueError, KeyError) as error:
+            result["gallery_names"], result["gallery_error"] = [], str(error)
+        result["server_alive"] = process.poll() is None
+    finally:
+        stop_app(process)
+    return result
+
+
+def summary(result: dict, users: int, requests: int, enrollments: int) -> list[list]:
+    rows = []
+    for kind, count in (("identify_once", users * requests), ("enroll_once", enrollments)):
+        times = [t for k, t in result["latencies"] if k == kind]
+        failed = sum(f.startswith(kind) for f in result["failures"])
+        cells = ([f"{percentile(times, q) * 1000:.0f}" for q in (0.5, 0.95)] + [f"{max(times) * 1000:.0f}"]
+                 if times else ["-"] * 3)
+        rows.append([kind.removesuffix("_once"), count, *cells, failed])
+    return rows
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.load", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", type=Path, default=REPO / "checkpoints" / "default.pt")
+    parser.add_argument("--users", type=int, default=16)
+    parser.add_argument("--requests", type=int, default=10, help="identify requests per user")
+    parser.add_argument("--enrollments", type=int, default=16, help="enrollments sent at the same time")
+    parser.add_argument("--no-write", action="store_true", help="print only; leave bench/RESULTS.md alone")
+    args = parser.parse_args(argv)
+    start = time.time()
+    with tempfile.TemporaryDirectory() as folder:
+        result = measure(args.checkpoint, args.users, args.requests, args.enrollments, Path(folder))
+    gallery_ok = result["gallery_names"] == result["expected_names"]
+    text = header("Load: concurrent users of the app", time.time() - start) + "\n"
+    text += (f"{args.users} gradio_client users x {args.requests} /identify requests (a 5 s clip at 44.1 kHz), "
+             f"with {args.enrollments} /enroll requests at the same time, against `python app.py` serving "
+             f"`{args.checkpoint.relative_to(REPO) if args.checkpoint.is_relative_to(REPO) else args.checkpoint}`. "
+             f"The app runs every model request in one queue, one at a time; latency includes the wait.\n\n")
+    text += table(["request", "count", "p50 ms", "p95 ms", "max ms", "failed"],
+                  summary(result, args.users, args.requests, args.enrollments)) + "\n\n"
+    text += (f"- all requests done in {result['wall_s']:.1f} s; server still serving: {result['server_alive']}\n"
+             f"- server RSS after warm-up {result['rss_before_mb']:.0f} MB, after the load "
+             f"{result['rss_after_mb']:.0f} MB\n"
+             f"- gallery file parses and holds all {len(result['expected_names'])} enrolled names: {gallery_ok}"
+             + (f" ({result.get('gallery_error') or result['gallery_names']})" if not gallery_ok else "") + "\n")
+    for failure in result["failures"][:10]:
+        text += f"- failure: {failure}\n"
+    write_section("load", text, None if args.no_write else REPO / "bench" / "RESULTS.md")
+    return 0 if not result["failures"] and gallery_ok and result["server_alive"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

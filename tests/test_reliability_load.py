@@ -1,0 +1,53 @@
+"""The app under a small load (bench/load.py runs the full one): concurrent users identify while
+others enroll; no request fails, the gallery holds every name, memory stays put; and an upload
+over the size limit is refused while the app keeps serving."""
+
+import pytest
+from gradio_client import handle_file
+
+import app
+from bench.app_latency import five_second_clip
+from bench.load import client, enroll_once, gallery_names, identify_once, rss_mb, run_load, start_app, stop_app
+from speaker_app.checkpoint import save_checkpoint
+from tests.test_reliability_files import tiny
+
+
+@pytest.fixture(scope="module")
+def tiny_app(tmp_path_factory):
+    """`python app.py` serving a tiny untrained model: (process, url, folder, 5 s clip)."""
+    folder = tmp_path_factory.mktemp("load")
+    save_checkpoint(tiny(), folder / "tiny.pt")
+    process, url = start_app(folder / "tiny.pt", folder)
+    try:
+        yield process, url, folder, five_second_clip(folder)
+    finally:
+        stop_app(process)
+
+
+def test_concurrent_identify_and_enroll(tiny_app):
+    process, url, folder, clip = tiny_app
+    warm = client(url)
+    identify_once(warm, clip)
+    enroll_once(warm, "warm-up", clip)
+    before = rss_mb(process.pid)
+    names = [f"visitor {i}" for i in range(4)]
+    result = run_load(url, clip, users=4, requests=3, names=names)
+    assert result["failures"] == []
+    assert sorted(kind for kind, _ in result["latencies"]) == ["enroll_once"] * 4 + ["identify_once"] * 12
+    assert gallery_names(folder) == sorted(["warm-up", *names])  # parses, and no enrollment lost
+    growth = rss_mb(process.pid) - before
+    assert growth < 100, f"server memory grew by {growth:.0f} MB"
+    assert process.poll() is None
+
+
+def test_an_upload_over_the_limit_is_refused(tiny_app, tmp_path):
+    process, url, _, clip = tiny_app
+    limit = int(app.MAX_UPLOAD.removesuffix("mb")) * 1024 * 1024
+    big = tmp_path / "big.wav"
+    big.write_bytes(clip.read_bytes()[:44] + bytes(limit + 1024))  # a WAV header, then zeros past the limit
+    user = client(url)
+    with pytest.raises(Exception, match="(?i)maximum|too large|exceeds") as caught:
+        user.predict(handle_file(str(big)), None, 3, 1, 0, api_name="/identify")
+    assert "no speech" not in str(caught.value)  # refused at the upload, not analysed
+    identify_once(user, clip)  # still serving
+    assert process.poll() is None
