@@ -139,8 +139,8 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def measure(checkpoint: Path, users: int, requests: int, enrollments: int, folder: Path) -> dict:
-    """Start the app, warm it up, load it, and return the figures."""
+def measure(checkpoint: Path, users: int, requests: int, enrollments: int, rounds: int, folder: Path) -> dict:
+    """Start the app, warm it up, load it `rounds` times (enrollments in the first), return the figures."""
     clip = five_second_clip(folder)
     process, url = start_app(checkpoint, folder)
     try:
@@ -150,9 +150,14 @@ def measure(checkpoint: Path, users: int, requests: int, enrollments: int, folde
         enroll_once(warm, "warm-up", clip)
         before = rss_mb(process.pid)
         names = [f"visitor {i:02d}" for i in range(enrollments)]
-        result = run_load(url, clip, users, requests, names)
-        after = rss_mb(process.pid)
-        result.update(rss_before_mb=before, rss_after_mb=after, expected_names=sorted(["warm-up", *names]))
+        result = {"latencies": [], "failures": [], "wall_s": 0.0, "rss_mb": [before]}
+        for index in range(rounds):
+            load = run_load(url, clip, users, requests, names if index == 0 else [])
+            for key in ("latencies", "failures"):
+                result[key] += load[key]
+            result["wall_s"] += load["wall_s"]
+            result["rss_mb"].append(rss_mb(process.pid))
+        result["expected_names"] = sorted(["warm-up", *names])
         try:
             result["gallery_names"] = gallery_names(folder)
         except (RuntimeError, ValueError, KeyError) as error:
@@ -163,9 +168,9 @@ def measure(checkpoint: Path, users: int, requests: int, enrollments: int, folde
     return result
 
 
-def summary(result: dict, users: int, requests: int, enrollments: int) -> list[list]:
+def summary(result: dict, users: int, requests: int, enrollments: int, rounds: int) -> list[list]:
     rows = []
-    for kind, count in (("identify_once", users * requests), ("enroll_once", enrollments)):
+    for kind, count in (("identify_once", rounds * users * requests), ("enroll_once", enrollments)):
         times = [t for k, t in result["latencies"] if k == kind]
         failed = sum(f.startswith(kind) for f in result["failures"])
         cells = ([f"{percentile(times, q) * 1000:.0f}" for q in (0.5, 0.95)] + [f"{max(times) * 1000:.0f}"]
@@ -180,22 +185,23 @@ def main(argv=None) -> int:
     parser.add_argument("--users", type=int, default=16)
     parser.add_argument("--requests", type=int, default=10, help="identify requests per user")
     parser.add_argument("--enrollments", type=int, default=16, help="enrollments sent at the same time")
+    parser.add_argument("--rounds", type=int, default=3, help="times the identify load is repeated (memory)")
     parser.add_argument("--no-write", action="store_true", help="print only; leave bench/RESULTS.md alone")
     args = parser.parse_args(argv)
     start = time.time()
     with tempfile.TemporaryDirectory() as folder:
-        result = measure(args.checkpoint, args.users, args.requests, args.enrollments, Path(folder))
+        result = measure(args.checkpoint, args.users, args.requests, args.enrollments, args.rounds, Path(folder))
     gallery_ok = result["gallery_names"] == result["expected_names"]
     text = header("Load: concurrent users of the app", time.time() - start) + "\n"
-    text += (f"{args.users} gradio_client users x {args.requests} /identify requests (a 5 s clip at 44.1 kHz), "
-             f"with {args.enrollments} /enroll requests at the same time, against `python app.py` serving "
+    text += (f"{args.rounds} rounds of {args.users} gradio_client users x {args.requests} /identify requests (a 5 s "
+             f"clip at 44.1 kHz), with {args.enrollments} /enroll requests during the first, against `python app.py` serving "
              f"`{args.checkpoint.relative_to(REPO) if args.checkpoint.is_relative_to(REPO) else args.checkpoint}`. "
              f"The app runs every model request in one queue, one at a time; latency includes the wait.\n\n")
     text += table(["request", "count", "p50 ms", "p95 ms", "max ms", "failed"],
-                  summary(result, args.users, args.requests, args.enrollments)) + "\n\n"
+                  summary(result, args.users, args.requests, args.enrollments, args.rounds)) + "\n\n"
     text += (f"- all requests done in {result['wall_s']:.1f} s; server still serving: {result['server_alive']}\n"
-             f"- server RSS after warm-up {result['rss_before_mb']:.0f} MB, after the load "
-             f"{result['rss_after_mb']:.0f} MB\n"
+             f"- server RSS after warm-up, then after each round: "
+             f"{', '.join(f'{mb:.0f}' for mb in result['rss_mb'])} MB\n"
              f"- gallery file parses and holds all {len(result['expected_names'])} enrolled names: {gallery_ok}"
              + (f" ({result.get('gallery_error') or result['gallery_names']})" if not gallery_ok else "") + "\n")
     for failure in result["failures"][:10]:
