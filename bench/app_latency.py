@@ -26,7 +26,7 @@ from . import common
 
 ROOT = Path(__file__).resolve().parents[1]
 
-CLIP = ROOT / "examples" / "allison_en-US_followme-status.flac"
+CLIP = ROOT / "examples" / "asterisk-allison_en-US_followme-status.flac"
 SECONDS = 5.0
 RATE = 44100  # what a browser microphone recording arrives as
 

@@ -21,10 +21,10 @@ from speaker_app.recognizer import Recognizer
 from tests.conftest import voiced
 
 EXAMPLES = Path(app.EXAMPLES)
-ALLISON = EXAMPLES / "allison_en-US_followme-status.flac"
-ALLISON_FEATURES = EXAMPLES / "allison_es-MX_spy-h323.pt"
-JUNE = EXAMPLES / "june_fr-CA_vm-whichbox.flac"
-MENARDI = EXAMPLES / "menardi_it-IT_confbridge-pin-bad.flac"
+ALLISON = EXAMPLES / "asterisk-allison_en-US_followme-status.flac"
+ALLISON_FEATURES = EXAMPLES / "asterisk-allison_es-MX_spy-h323.pt"
+JUNE = EXAMPLES / "asterisk-june_fr-CA_vm-whichbox.flac"
+MENARDI = EXAMPLES / "asterisk-menardi_it-IT_confbridge-pin-bad.flac"
 
 
 @pytest.fixture(scope="module")

@@ -9,10 +9,10 @@ from gradio_client.exceptions import AppError
 from tests.conftest import ROOT
 
 EXAMPLES = ROOT / "examples"
-ALLISON = EXAMPLES / "allison_en-US_followme-status.flac"
-JUNE = EXAMPLES / "june_fr-CA_vm-whichbox.flac"
-MENARDI = EXAMPLES / "menardi_it-IT_confbridge-pin-bad.flac"
-FEATURES = EXAMPLES / "allison_es-MX_spy-h323.pt"
+ALLISON = EXAMPLES / "asterisk-allison_en-US_followme-status.flac"
+JUNE = EXAMPLES / "asterisk-june_fr-CA_vm-whichbox.flac"
+MENARDI = EXAMPLES / "asterisk-menardi_it-IT_confbridge-pin-bad.flac"
+FEATURES = EXAMPLES / "asterisk-allison_es-MX_spy-h323.pt"
 
 
 @pytest.fixture(scope="module")

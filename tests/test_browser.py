@@ -16,8 +16,8 @@ CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOTS = ROOT / "test-artifacts" / "screenshots"
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
          "--disable-sync", "--no-first-run", "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"]
-SPOKEN = ROOT / "examples" / "allison_en-US_followme-status.flac"  # held out from training
-FEATURES = ROOT / "examples" / "allison_es-MX_spy-h323.pt"
+SPOKEN = ROOT / "examples" / "asterisk-allison_en-US_followme-status.flac"  # held out from training
+FEATURES = ROOT / "examples" / "asterisk-allison_es-MX_spy-h323.pt"
 ANSWER_SECONDS = 90  # generous: CI machines may be busy
 
 
@@ -57,6 +57,7 @@ def test_feature_file_upload_shows_the_top_k(page):
     plots = page.locator("img[src^='data:image/png']")
     sync_api.expect(plots).to_have_count(2)
     page.screenshot(path=SCREENSHOTS / "identify-feature-file.png", full_page=True)
+    assert float(page.locator("#top-speakers .confidence-set .confidence").first.inner_text().rstrip("%")) > 50
 
 
 def test_microphone_recording_is_identified(page):
@@ -70,3 +71,5 @@ def test_microphone_recording_is_identified(page):
     sync_api.expect(top).to_have_text("asterisk/allison", timeout=ANSWER_SECONDS * 1000)
     sync_api.expect(page.locator("#verdict")).to_contain_text("s of speech")
     page.screenshot(path=SCREENSHOTS / "identify-microphone.png", full_page=True)
+    seconds = float(page.locator("#verdict").inner_text().split("Analysed ")[1].split(" s of speech")[0])
+    assert seconds >= 3  # the recording reached the model, not a fragment of it
