@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+
+from bench.load import start_app, stop_app
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEECH = Path(os.environ.get("SPEECH_DIR", ROOT.parent / "shared" / "speech"))
@@ -46,43 +43,15 @@ def default_checkpoint() -> Path:
     return DEFAULT_CHECKPOINT
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def app_server(default_checkpoint, tmp_path_factory):
     """`python app.py` serving the default model on a free port: (url, gallery folder)."""
     folder = tmp_path_factory.mktemp("app")
-    port = free_port()
-    env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "GRADIO_ANALYTICS_ENABLED": "False",
-           "SPEAKER_GALLERY": str(folder / "gallery")}
-    env.pop("GRADIO_SERVER_NAME", None)
-    log = open(folder / "app.log", "w")
-    process = subprocess.Popen([sys.executable, "app.py", "--checkpoint", str(default_checkpoint)],
-                               cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + 180
     try:
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"app.py exited with {process.returncode}:\n{(folder / 'app.log').read_text()}")
-            try:
-                with urllib.request.urlopen(url, timeout=5) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"app.py did not answer within 180 s:\n{(folder / 'app.log').read_text()}")
-            time.sleep(0.5)
+        process, url = start_app(default_checkpoint, folder)
+    except RuntimeError as error:
+        pytest.fail(str(error))
+    try:
         yield url, folder / "gallery"
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
+        stop_app(process)
