@@ -54,6 +54,14 @@ def machine() -> str:
     return f"{cpu_model()}, {os.cpu_count()} CPU threads (torch uses {torch.get_num_threads()}), GPU: {gpu}"
 
 
+def memory_mb(pid: int | str = "self", field: str = "VmRSS") -> float:
+    """A process's resident memory (VmRSS) or its peak (VmHWM), in MB, from /proc (Linux)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no {field} for process {pid}")
+
+
 def command_line() -> str:
     return "python -m " + " ".join([__package__ + "." + Path(sys.argv[0]).stem] + [shlex.quote(a) for a in sys.argv[1:]])
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from gradio_client import Client, handle_file
 
 from bench.app_latency import five_second_clip
-from bench.common import REPO, header, table, write_section
+from bench.common import REPO, header, memory_mb, table, write_section
 
 
 def free_port() -> int:
@@ -69,14 +69,6 @@ def stop_app(process: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
-
-
-def rss_mb(pid: int) -> float:
-    """Resident memory of a process, from /proc (Linux)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for process {pid}")
 
 
 def client(url: str) -> Client:
@@ -148,7 +140,7 @@ def measure(checkpoint: Path, users: int, requests: int, enrollments: int, round
         for _ in range(2):
             identify_once(warm, clip)
         enroll_once(warm, "warm-up", clip)
-        before = rss_mb(process.pid)
+        before = memory_mb(process.pid)
         names = [f"visitor {i:02d}" for i in range(enrollments)]
         result = {"latencies": [], "failures": [], "wall_s": 0.0, "rss_mb": [before]}
         for index in range(rounds):
@@ -156,7 +148,7 @@ def measure(checkpoint: Path, users: int, requests: int, enrollments: int, round
             for key in ("latencies", "failures"):
                 result[key] += load[key]
             result["wall_s"] += load["wall_s"]
-            result["rss_mb"].append(rss_mb(process.pid))
+            result["rss_mb"].append(memory_mb(process.pid))
         result["expected_names"] = sorted(["warm-up", *names])
         try:
             result["gallery_names"] = gallery_names(folder)

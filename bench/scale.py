@@ -20,10 +20,7 @@ import argparse
 import datetime
 import json
 import multiprocessing
-import os
-import platform
 import shlex
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from bench.common import START_LOAD, machine, memory_mb, versions
 
 MEDIAN_FRAMES, SIGMA = 540, 0.45  # log-normal utterance lengths, clipped to [100, 6000] frames
 COURSE = Path(__file__).resolve().parents[1] / "training" / "configs" / "course.json"
@@ -57,26 +56,18 @@ def write_metadata(root: Path, n_utterances: int, n_speakers: int, seed: int = 0
     return lengths
 
 
-def rss_mb(field: str) -> float:
-    """VmRSS (now) or VmHWM (peak) of this process, in MB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def read_and_split(root: str, queue):
     """In a fresh process: time and peak memory of what every rank does at start-up."""
     from training.data import global_batches, read_labelled, read_speakers, sampling_weights, split_utterances
 
-    before = rss_mb("VmRSS")
+    before = memory_mb()
     start = time.perf_counter()
     speakers = read_speakers(Path(root))
     utterances = read_labelled(Path(root), speakers)
     read_s = time.perf_counter() - start
     train, valid = split_utterances(utterances, 0.05, seed=0)
     split_s = time.perf_counter() - start - read_s
-    held = rss_mb("VmRSS") - before
+    held = memory_mb() - before
     stream = global_batches(sampling_weights(train, True), 32, seed=0)
     next(stream)
     start = time.perf_counter()
@@ -85,7 +76,7 @@ def read_and_split(root: str, queue):
     draw_us = (time.perf_counter() - start) * 1000
     queue.put({"speakers": len(speakers), "utterances": len(utterances), "train": len(train), "valid": len(valid),
                "valid_speakers": len({u.speaker for u in valid}), "read_s": read_s, "split_s": split_s,
-               "peak_mb": rss_mb("VmHWM") - before, "held_mb": held, "draw_us": draw_us})
+               "peak_mb": memory_mb(field="VmHWM") - before, "held_mb": held, "draw_us": draw_us})
 
 
 def in_fresh_process(target, *args) -> dict:
@@ -169,18 +160,6 @@ def loader_rate(root: Path, workers: int, batches: int, in_memory: bool) -> floa
     return rate
 
 
-def machine() -> str:
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in subprocess.run(
-            ["lscpu"], capture_output=True, text=True).stdout.splitlines() if line.startswith("Model name"))
-    except StopIteration:
-        cpu = platform.processor() or "unknown CPU"
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
-    return (f"{cpu}, {os.cpu_count()} CPU threads (torch uses {torch.get_num_threads()}), GPU: {gpu}; "
-            f"Python {platform.python_version()}, torch {torch.__version__}; load average at start "
-            f"{os.getloadavg()[0]:.2f}")
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.scale", description=__doc__.split("\n\n")[0])
     parser.add_argument("--utterances", type=int, default=1_000_000)
@@ -191,7 +170,7 @@ def main(argv=None) -> int:
     out = print
     out("# Scale: 6,000 speakers and 1M utterances\n")
     out(f"- date: {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}")
-    out(f"- machine: {machine()}")
+    out(f"- machine: {machine()}; {versions()}; load average at start {START_LOAD:.2f}")
     out(f"- command: `python -m bench.scale {shlex.join(sys.argv[1:] if argv is None else argv)}`\n")
 
     with tempfile.TemporaryDirectory() as tmp:

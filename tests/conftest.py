@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 from pathlib import Path
 
@@ -34,6 +35,13 @@ def voiced(seconds: float, rate: int = 16000, f0: float = 140.0, seed: int = 0) 
 
 # -- the app ---------------------------------------------------------------------------------
 DEFAULT_CHECKPOINT = ROOT / "checkpoints" / "default.pt"
+EXAMPLES = ROOT / "examples"
+
+
+def example_rows() -> list[dict]:
+    """Every row of examples/sources.csv (file, clip, speaker, author, licence)."""
+    with open(EXAMPLES / "sources.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
 
 
 @pytest.fixture(scope="session")

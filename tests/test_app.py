@@ -1,7 +1,6 @@
 """The app's handlers called directly: feature files, audio at several rates, plots, enrollment,
 verification and bad input (each a clear `gr.Error`, never a stack trace)."""
 
-import csv
 import json
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from speaker_app.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from speaker_app.features import FeatureConfig, features_from_file
 from speaker_app.model import ModelConfig, build_model
 from speaker_app.recognizer import Recognizer
-from tests.conftest import voiced
+from tests.conftest import example_rows, voiced
 
 EXAMPLES = Path(app.EXAMPLES)
 ALLISON = EXAMPLES / "asterisk-allison_en-US_followme-status.flac"
@@ -308,11 +307,6 @@ def test_main_binds_loopback_unless_told_and_limits_uploads(untrained, tmp_path,
 def test_missing_checkpoint_exits_with_a_message(tmp_path, capsys):
     assert app.main(["--checkpoint", str(tmp_path / "nothing.pt"), "--gallery", str(tmp_path)]) == 1
     assert "no checkpoint at" in capsys.readouterr().err
-
-
-def example_rows() -> list[dict]:
-    with open(EXAMPLES / "sources.csv", newline="") as handle:
-        return list(csv.DictReader(handle))
 
 
 def test_examples_are_documented_and_committable():

@@ -1,21 +1,12 @@
 """The model shipped in checkpoints/: it loads safely, knows the 31 speakers of ../shared/speech
 and identifies the committed example clips, which it never trained on."""
 
-import csv
-
 import pytest
 import torch
 
 from speaker_app.checkpoint import load_checkpoint
 from speaker_app.recognizer import Recognizer
-from tests.conftest import ROOT
-
-EXAMPLES = ROOT / "examples"
-
-
-def example_rows() -> list[dict]:
-    with open(EXAMPLES / "sources.csv", newline="") as handle:
-        return list(csv.DictReader(handle))
+from tests.conftest import EXAMPLES, ROOT, example_rows
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,8 @@ from gradio_client import handle_file
 
 import app
 from bench.app_latency import five_second_clip
-from bench.load import client, enroll_once, gallery_names, identify_once, rss_mb, run_load, start_app, stop_app
+from bench.common import memory_mb
+from bench.load import client, enroll_once, gallery_names, identify_once, run_load, start_app, stop_app
 from speaker_app.checkpoint import save_checkpoint
 from tests.test_reliability_files import tiny
 
@@ -29,13 +30,13 @@ def test_concurrent_identify_and_enroll(tiny_app):
     warm = client(url)
     identify_once(warm, clip)
     enroll_once(warm, "warm-up", clip)
-    before = rss_mb(process.pid)
+    before = memory_mb(process.pid)
     names = [f"visitor {i}" for i in range(4)]
     result = run_load(url, clip, users=4, requests=3, names=names)
     assert result["failures"] == []
     assert sorted(kind for kind, _ in result["latencies"]) == ["enroll_once"] * 4 + ["identify_once"] * 12
     assert gallery_names(folder) == sorted(["warm-up", *names])  # parses, and no enrollment lost
-    growth = rss_mb(process.pid) - before
+    growth = memory_mb(process.pid) - before
     assert growth < 100, f"server memory grew by {growth:.0f} MB"
     assert process.poll() is None
 
