@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +19,8 @@ import soundfile as sf
 import soxr
 import torch
 import torchaudio
+
+from .configs import from_dict
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".aiff", ".aif", ".au")
 
@@ -56,11 +58,7 @@ class FeatureConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> FeatureConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown feature config keys: {sorted(unknown)}")
-        return cls(**data)
+        return from_dict(cls, data)
 
 
 def read_audio(path: str | Path, sample_rate: int, max_seconds: float | None = None,
