@@ -115,6 +115,12 @@ def to_mono(wave: np.ndarray, rate: int, sample_rate: int) -> np.ndarray:
     return wave
 
 
+def speed_perturb(wave: np.ndarray, factor: float, sample_rate: int) -> np.ndarray:
+    """Play `wave` `factor` times faster, tempo and pitch together (sox `speed`): resampled as if
+    it had been recorded at `factor * sample_rate`."""
+    return soxr.resample(wave, factor * sample_rate, sample_rate, quality="HQ").astype(np.float32, copy=False)
+
+
 def peak_normalise(wave: np.ndarray, level_db: float) -> np.ndarray:
     peak = float(np.abs(wave).max()) if wave.size else 0.0
     if peak == 0.0:
