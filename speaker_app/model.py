@@ -238,11 +238,12 @@ class AttentiveStatsPooling(nn.Module):
         The statistics are computed in float32 with the centred formula: under bf16 autocast,
         E[x^2] - mean^2 loses every digit of a small variance."""
         scores = self.score(x).squeeze(-1).float().masked_fill(~mask, float("-inf"))
-        weights = scores.softmax(dim=-1)  # (B, T)
-        x = x.float()
-        mean = torch.einsum("bt,btd->bd", weights, x)
-        var = torch.einsum("bt,btd->bd", weights, (x - mean[:, None]).square())
-        std = var.clamp(min=1e-5).sqrt()
+        with torch.autocast(x.device.type, enabled=False):  # autocast would run the sums in bf16 again
+            weights = scores.softmax(dim=-1)  # (B, T)
+            x = x.float()
+            mean = torch.einsum("bt,btd->bd", weights, x)
+            var = torch.einsum("bt,btd->bd", weights, (x - mean[:, None]).square())
+            std = var.clamp(min=1e-5).sqrt()
         return torch.cat([mean, std], dim=-1), weights
 
 
