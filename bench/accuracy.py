@@ -65,12 +65,12 @@ def prepared(speech: Path, work: Path) -> Path:
     return data
 
 
-def score(run_dir: Path, data: Path) -> dict:
+def score(run_dir: Path, data: Path, device: str = "cpu") -> dict:
     checkpoint = load_checkpoint(run_dir / "best.pt")
-    model = checkpoint.build_model()
+    model = checkpoint.build_model().to(device)
     _, rows = labelled_from_data(data, checkpoint, progress=False, split="test")
     names, _, features = zip(*rows)
-    outputs = infer(model, list(features))
+    outputs = infer(model, list(features), device=device)
     result = {**accuracy(list(names), outputs.logits, checkpoint.speakers),
               **pair_verification(list(names), outputs.embeddings)}
     result["eer"], result["trials"] = result["pair_eer"], result["pair_trials"]
