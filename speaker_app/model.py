@@ -439,7 +439,10 @@ class SpeakerModel(nn.Module):
     def _check(self, features: torch.Tensor, lengths: torch.Tensor):
         if features.dim() != 3 or features.shape[-1] != self.config.n_mels:
             raise ValueError(f"features must be (B, T, {self.config.n_mels}), got {tuple(features.shape)}")
-        if lengths.shape != features.shape[:1] or int(lengths.min()) < 1 or int(lengths.max()) > features.shape[1]:
+        # A graph being exported cannot read values (training.export): the ONNX adapter checks them instead.
+        outside = not torch.compiler.is_exporting() and (
+            int(lengths.min()) < 1 or int(lengths.max()) > features.shape[1])
+        if lengths.shape != features.shape[:1] or outside:
             raise ValueError(f"lengths must be (B,) within [1, T={features.shape[1]}], got {lengths.tolist()}")
 
     def _embed(self, features, lengths, return_weights=False):
