@@ -1,8 +1,10 @@
 """ONNX export (`python -m training.export`): parity with torch, padding, metadata, and the app on the ONNX file.
 
-The parity tests run the default model on real speech and several random
-architectures (subsampling 1, 2, 4 and 8, per-utterance normalisation, the
-course baseline), so they keep holding when the architecture changes.
+The parity tests run the default model on real speech and random models of
+each architecture choice (subsampling 1, 2, 4 and 8, both front ends,
+multi-scale aggregation, batch norm, rotary positions, both margin heads,
+per-utterance normalisation, the course baseline), so they keep holding
+when the architecture changes.
 """
 
 import json
@@ -29,8 +31,9 @@ LENGTHS = (37, 400, 1500)
 ALLISON = EXAMPLES / "asterisk-allison_en-US_followme-status.flac"
 SMALL = dict(d_model=32, n_heads=2, n_layers=2, ff_dim=64, emb_dim=24, conv_kernel=5)
 CONFIGS = {
-    "subsample1": ModelConfig(**SMALL, subsample=1),
-    "subsample2": ModelConfig(**SMALL, subsample=2),
+    "subsample1-rotary": ModelConfig(**SMALL, subsample=1, position="rotary"),
+    "subsample2-conv2d-mfa-batchnorm-aam": ModelConfig(**SMALL, subsample=2, frontend="conv2d", frontend_channels=8,
+                                                       aggregate="mfa", conv_norm="batch", head="aam"),
     "subsample4": ModelConfig(**SMALL, subsample=4),
     "subsample8-cmn": ModelConfig(**SMALL, subsample=8, input_norm="cmn"),
     "baseline": ModelConfig.baseline(),
@@ -91,6 +94,9 @@ def random_checkpoint(config: ModelConfig) -> Checkpoint:
     torch.manual_seed(0)
     model = build_model(config, len(SPEAKERS))
     model.set_input_statistics(torch.linspace(-6, -2, config.n_mels), torch.linspace(1, 3, config.n_mels))
+    for name, buffer in model.named_buffers():  # batch norm's running statistics, away from the identity
+        if name.endswith(("running_mean", "running_var")):
+            buffer.copy_(torch.rand_like(buffer) + 0.5)
     return Checkpoint(config, FeatureConfig(), SPEAKERS, model.state_dict(), step=7,
                       info={"calibration": {"threshold": 0.42, "method": "a test"}})
 
@@ -106,6 +112,10 @@ def test_architectures_match_torch_with_dynamic_batch_and_length(name, tmp_path)
     generator = torch.Generator().manual_seed(1)
     utterances = [torch.randn(n, 40, generator=generator) * 3 - 5 for n in (*LENGTHS, 1)]
     assert_parity(checkpoint.build_model(), graph, utterances)
+    if any(o.name == "prototypes" for o in graph.get_outputs()):  # served: the head rebuilt, chunks pooled
+        ours, theirs = (infer(m, utterances, chunk_frames=600)
+                        for m in (load_checkpoint(path).build_model(), checkpoint.build_model()))
+        assert (ours.logits - theirs.logits).abs().max() < 1e-3
 
 
 def test_metadata_identifies_without_the_checkpoint(exported, default_checkpoint):
