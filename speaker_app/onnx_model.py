@@ -92,6 +92,10 @@ class OnnxCheckpoint(Checkpoint):
                                   "logits and embedding outputs directly")
         return OnnxSpeakerModel(session, self.model_config, self._head(session))
 
+    def to_dict(self) -> dict:
+        raise CheckpointError("an ONNX model cannot be saved as a checkpoint: its initializers are not the "
+                              "model's state dict; keep the checkpoint it was exported from")
+
     def _head(self, session) -> nn.Module:
         """The model's own head class holding the exported prototypes, checked against the graph's logits."""
         lengths = torch.tensor([37])
