@@ -138,8 +138,11 @@ class ConvModule(nn.Module):
             raise ValueError(f"conv_kernel must be odd, got {kernel_size}")
         self.norm = nn.LayerNorm(dim)
         self.pointwise_in = nn.Linear(dim, 2 * dim)
-        self.depthwise = nn.Conv1d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim)
         self.batch_norm = norm == "batch"
+        # Batch norm removes any per-channel constant, so a bias before it would only drift (Adam moves
+        # parameters of zero gradient on float noise) and show through the lagging running mean.
+        self.depthwise = nn.Conv1d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim,
+                                   bias=not self.batch_norm)
         self.depthwise_norm = MaskedBatchNorm(dim) if self.batch_norm else nn.LayerNorm(dim)
         self.pointwise_out = nn.Linear(dim, dim)
         self.dropout = nn.Dropout(dropout)
@@ -318,10 +321,10 @@ class LinearHead(nn.Module):
 # What each choice of ModelConfig may be.
 CHOICES = {
     "input_norm": ("global", "cmn", "none"),  # per-bin statistics of the training data, per utterance, none
-    "frontend": ("conv1d", "conv2d"),
-    "conv_norm": ("layer", "batch"),
+    "frontend": ("conv2d", "conv1d"),
+    "conv_norm": ("batch", "layer"),
     "position": ("none", "rotary"),
-    "aggregate": ("last", "mfa"),  # pool every block's output (multi-scale aggregation) or the last one's
+    "aggregate": ("mfa", "last"),  # pool every block's output (multi-scale aggregation) or the last one's
     "head": ("am", "aam"),
 }
 # Before a field existed, models behaved as these values say: older checkpoints load with them.
@@ -339,12 +342,12 @@ class ModelConfig:
     n_layers: int = 4
     ff_dim: int = 576  # feed-forward hidden size
     conv_kernel: int = 15
-    frontend: str = "conv1d"
+    frontend: str = "conv2d"
     frontend_channels: int = 64  # conv2d front end only
-    subsample: int = 4  # frames merged by the front end
-    conv_norm: str = "layer"
+    subsample: int = 2  # frames merged by the front end
+    conv_norm: str = "batch"
     position: str = "none"
-    aggregate: str = "last"
+    aggregate: str = "mfa"
     dropout: float = 0.1
     emb_dim: int = 192
     head: str = "am"

@@ -30,12 +30,14 @@ from training import export
 LENGTHS = (37, 400, 1500)
 ALLISON = EXAMPLES / "asterisk-allison_en-US_followme-status.flac"
 SMALL = dict(d_model=32, n_heads=2, n_layers=2, ff_dim=64, emb_dim=24, conv_kernel=5)
+CONV1D = dict(frontend="conv1d", conv_norm="layer", aggregate="last")  # the architecture before issue 11
 CONFIGS = {
-    "subsample1-rotary": ModelConfig(**SMALL, subsample=1, position="rotary"),
+    "subsample1-rotary": ModelConfig(**SMALL, **CONV1D, subsample=1, position="rotary"),
     "subsample2-conv2d-mfa-batchnorm-aam": ModelConfig(**SMALL, subsample=2, frontend="conv2d", frontend_channels=8,
                                                        aggregate="mfa", conv_norm="batch", head="aam"),
-    "subsample4": ModelConfig(**SMALL, subsample=4),
-    "subsample8-cmn": ModelConfig(**SMALL, subsample=8, input_norm="cmn"),
+    "subsample4": ModelConfig(**SMALL, **CONV1D, subsample=4),
+    "subsample8-cmn": ModelConfig(**SMALL, **CONV1D, subsample=8, input_norm="cmn"),
+    "default-architecture": ModelConfig(**SMALL, frontend_channels=8),
     "baseline": ModelConfig.baseline(),
 }
 SPEAKERS = ["a/one", "a/two", "b/three", "b/four", "c/five"]

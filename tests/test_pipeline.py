@@ -12,7 +12,7 @@ from tests.conftest import ROOT
 
 SPEAKERS = ["vcc2016/SF1", "vcc2016/SM1", "vcc2016/TF1", "vcc2016/TM1", "fsdd/george"]
 SMALL = ["model.d_model=64", "model.n_heads=4", "model.n_layers=2", "model.ff_dim=128", "model.emb_dim=64",
-         "valid_every=100", "segment_frames=150", "warmup_steps=50"]
+         "model.frontend_channels=16", "valid_every=100", "segment_frames=150", "warmup_steps=50"]
 
 
 def run(*args):
