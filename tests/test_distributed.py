@@ -22,8 +22,8 @@ from tests.conftest import ROOT
 # default) computes its statistics over the global batch. The learning rate keeps the model learning
 # for all 20 steps: once it has memorised the data, gradients vanish and Adam's steps follow float noise.
 TINY = ["model.d_model=32", "model.n_heads=2", "model.n_layers=1", "model.ff_dim=64", "model.emb_dim=32",
-        "model.frontend_channels=8", "model.subsample=2", "model.dropout=0", "segment_frames=64", "warmup_steps=4", "valid_every=5",
-        "valid_fraction=0.25", "lr=0.003"]
+        "model.frontend_channels=8", "model.subsample=2", "model.dropout=0", "segment_frames=64", "warmup_steps=4",
+        "valid_every=5", "valid_fraction=0.25", "lr=0.003"]
 # Float reduction order (2 slices of 4 and gradients averaged by all-reduce, against one batch of 8)
 # is the only difference between the runs; observed relative differences are around 1e-6.
 RTOL = 1e-3
