@@ -4,9 +4,9 @@
 
 In process: the Identify handler (decode, features, model, attention maps, both figures) plus
 Gradio's own post-processing of its outputs (the figures rendered to PNG, the label), timed after
-two warm-up runs. With --url, the same request through a running app with gradio_client
-(adds upload and HTTP). Run it on an otherwise idle machine; it rewrites the `app` section of
-bench/RESULTS.md (`--print-only`: print it only).
+two warm-up runs. With --url, /identify through a running app with gradio_client (upload, HTTP
+and the answer; the page draws the figures in a second event). Run it on an otherwise idle
+machine; it rewrites the `app` section of bench/RESULTS.md (`--print-only`: print it only).
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def over_http(url: str, clip: Path, runs: int) -> list[float]:
     client = Client(url, verbose=False, analytics_enabled=False, download_files=tempfile.mkdtemp())
 
     def once():
-        client.predict(handle_file(str(clip)), None, 5, 1, 0, api_name="/identify")
+        client.predict(handle_file(str(clip)), None, 5, api_name="/identify")
 
     return timed(once, runs)
 

@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from speaker_app.checkpoint import atomic_write
 from speaker_app.features import AUDIO_SUFFIXES, AudioError, FeatureConfig, features_from_file
+from speaker_app.files import atomic_write
 
 
 def find_clips(root: Path, include: list[str] = (), exclude: list[str] = ()) -> dict[str, list[str]]:

@@ -34,8 +34,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from speaker_app.checkpoint import Checkpoint, CheckpointError, atomic_write, load_checkpoint, save_checkpoint
+from speaker_app.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from speaker_app.features import FeatureConfig
+from speaker_app.files import atomic_write
 from speaker_app.inference import length_batches
 from speaker_app.model import SpeakerModel, build_model
 
