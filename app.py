@@ -286,8 +286,9 @@ def enroll_tab(handlers: Handlers, visitor: list):
                     elem_id="gallery-notices", **PLAIN)
     with gr.Row():
         with gr.Column():
-            name = gr.Textbox(label="Name", max_lines=1, max_length=64)
-            clips = gr.File(file_count="multiple", file_types=["audio", ".pt", ".npy"], label="Clips (1 to 5)")
+            name = gr.Textbox(label="Name", max_lines=1, max_length=64, elem_id="enroll-name")
+            clips = gr.File(file_count="multiple", file_types=["audio", ".pt", ".npy"], label="Clips (1 to 5)",
+                            elem_id="enroll-clips")
             recording = gr.Audio(sources=["microphone"], type="filepath", label="Record a clip")
             replace = gr.Checkbox(False, label="Replace the voiceprint if this name is enrolled already",
                                   elem_id="enroll-replace")

@@ -24,7 +24,6 @@ from gradio_client import handle_file
 
 import app
 from speaker_app.checkpoint import save_checkpoint
-from speaker_app.files import previous_path
 from speaker_app.recognizer import InputError, Recognizer, fingerprint
 from tests.helpers import (ROOT, client, enroll_once, five_second_clip, peak_growth_mb, run_together, start_app,
                            stop_app)
@@ -193,7 +192,7 @@ def test_3_a_deleted_speaker_leaves_no_audio_on_the_server(tiny_server):
     assert message == "Deleted **Actor One**."
     gallery = next((folder / "gallery").glob("*.json"))
     assert "Actor One" not in gallery.read_text()
-    for path in (gallery, previous_path(gallery)):
+    for path in (gallery, gallery.with_name(gallery.name + ".prev")):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path.name  # readable by the app's user only
 
 
