@@ -379,8 +379,12 @@ def default_paths() -> tuple[Path, Path]:
 
 
 def default_galleries() -> str:
-    """Per-visitor galleries on a public Hugging Face Space ($SPACE_ID is set there), else one shared gallery."""
-    return "per-visitor" if os.environ.get("SPACE_ID") else "shared"
+    """$SPEAKER_GALLERIES if set; else per-visitor galleries on a public Hugging Face Space ($SPACE_ID is set
+    there), one shared gallery elsewhere."""
+    chosen = os.environ.get("SPEAKER_GALLERIES") or ("per-visitor" if os.environ.get("SPACE_ID") else "shared")
+    if chosen not in ("shared", "per-visitor"):
+        raise ValueError(f"SPEAKER_GALLERIES must be 'shared' or 'per-visitor', not {chosen!r}")
+    return chosen
 
 
 def limit_heap_arenas(arenas: int = 2):
@@ -396,13 +400,19 @@ def limit_heap_arenas(arenas: int = 2):
 def main(argv=None) -> int:
     limit_heap_arenas()
     checkpoint, gallery = default_paths()
+    try:
+        galleries = default_galleries()
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", type=Path, default=checkpoint, help=f"model to serve (default: {checkpoint})")
     parser.add_argument("--gallery", type=Path, default=gallery,
                         help=f"folder of the shared gallery of enrolled speakers (default: {gallery})")
-    parser.add_argument("--galleries", choices=["shared", "per-visitor"], default=default_galleries(),
+    parser.add_argument("--galleries", choices=["shared", "per-visitor"], default=galleries,
                         help="one gallery on disk for every visitor, or one per visitor's session, kept in memory "
-                             "(default: per-visitor where $SPACE_ID is set, as on Hugging Face Spaces, else shared)")
+                             "(default: $SPEAKER_GALLERIES, else per-visitor where $SPACE_ID is set, as on Hugging "
+                             "Face Spaces, else shared)")
     args = parser.parse_args(argv)
     per_visitor = args.galleries == "per-visitor"
     try:
