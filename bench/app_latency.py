@@ -31,11 +31,12 @@ SECONDS = 5.0
 RATE = 44100  # what a browser microphone recording arrives as
 
 
-def five_second_clip(folder: Path) -> Path:
+def five_second_clip(folder: Path, gain: float = 1.0, name: str = "five-seconds.wav") -> Path:
+    """The held-out clip looped to 5 s at 44.1 kHz; another gain gives another file of the same speech."""
     wave, rate = sf.read(CLIP, dtype="float32")
     wave = np.tile(wave, int(np.ceil(SECONDS * rate / len(wave))))[: int(SECONDS * rate)]
-    path = folder / "five-seconds.wav"
-    sf.write(path, soxr.resample(wave, rate, RATE), RATE, subtype="PCM_16")
+    path = folder / name
+    sf.write(path, gain * soxr.resample(wave, rate, RATE), RATE, subtype="PCM_16")
     return path
 
 

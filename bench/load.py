@@ -89,8 +89,8 @@ def enroll_once(user: Client, name: str, clip: Path):
         raise RuntimeError(f"unexpected enrollment answer: {message}")
 
 
-def run_load(url: str, clip: Path, users: int, requests: int, names: list[str]) -> dict:
-    """Identify and enroll at the same time; every request's latency or error."""
+def run_load(url: str, clip: Path, users: int, requests: int, names: list[str], voices: list[Path]) -> dict:
+    """Identify `clip` and enroll each name from its own voice at the same time; every request's latency or error."""
     latencies, failures, lock = [], [], threading.Lock()
     clients = [client(url) for _ in range(users + len(names))]  # connected before the clock starts
 
@@ -110,8 +110,8 @@ def run_load(url: str, clip: Path, users: int, requests: int, names: list[str]) 
             timed(identify_once, clients[index], clip)
 
     threads = [threading.Thread(target=user, args=(i,)) for i in range(users)]
-    threads += [threading.Thread(target=timed, args=(enroll_once, clients[users + i], name, clip))
-                for i, name in enumerate(names)]
+    threads += [threading.Thread(target=timed, args=(enroll_once, clients[users + i], name, voice))
+                for i, (name, voice) in enumerate(zip(names, voices))]
     start = time.perf_counter()
     for thread in threads:
         thread.start()
@@ -136,17 +136,21 @@ def percentile(values: list[float], q: float) -> float:
 def measure(checkpoint: Path, users: int, requests: int, enrollments: int, rounds: int, folder: Path) -> dict:
     """Start the app, warm it up, load it `rounds` times (enrollments in the first), return the figures."""
     clip = five_second_clip(folder)
+    # Each enrolling visitor brings their own recording (here: the same speech at another gain). The app
+    # deletes enrollment clips once embedded, and Gradio keeps identical uploads as one file.
+    (folder / "voices").mkdir()
+    voices = [five_second_clip(folder / "voices", 0.9 - 0.02 * i, f"voice-{i:02d}.wav") for i in range(enrollments + 1)]
     process, url = start_app(checkpoint, folder)
     try:
         warm = client(url)
         for _ in range(2):
             identify_once(warm, clip)
-        enroll_once(warm, "warm-up", clip)
+        enroll_once(warm, "warm-up", voices[-1])
         before = memory_mb(process.pid)
         names = [f"visitor {i:02d}" for i in range(enrollments)]
         result = {"latencies": [], "failures": [], "wall_s": 0.0, "rss_mb": [before]}
         for index in range(rounds):
-            load = run_load(url, clip, users, requests, names if index == 0 else [])
+            load = run_load(url, clip, users, requests, names if index == 0 else [], voices)
             for key in ("latencies", "failures"):
                 result[key] += load[key]
             result["wall_s"] += load["wall_s"]
@@ -188,7 +192,8 @@ def main(argv=None) -> int:
     gallery_ok = result["gallery_names"] == result["expected_names"]
     text = header("Load: concurrent users of the app", time.time() - start) + "\n"
     text += (f"{args.rounds} rounds of {args.users} gradio_client users x {args.requests} /identify requests (a 5 s "
-             f"clip at 44.1 kHz), with {args.enrollments} /enroll requests during the first, against `python app.py` serving "
+             f"clip at 44.1 kHz), with {args.enrollments} /enroll requests (one clip each) during the first, "
+             f"against `python app.py` serving "
              f"`{args.checkpoint.relative_to(REPO) if args.checkpoint.is_relative_to(REPO) else args.checkpoint}`. "
              f"/identify returns the answer (top-k and verdict; the page draws its plots in a second event). Up to "
              f"{MAX_BATCH} identify requests are in flight at once and the model runs the ones waiting for it as one "

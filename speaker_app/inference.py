@@ -81,7 +81,8 @@ def infer(model: SpeakerModel, utterances: list[torch.Tensor], max_frames: int =
 
 @torch.no_grad()
 def infer_explained(model: SpeakerModel, utterances: list[torch.Tensor], explain_frames: int = EXPLAIN_FRAMES,
-                    max_frames: int = EXPLAIN_BATCH_FRAMES, chunk_frames: int = CHUNK_FRAMES) -> tuple[Outputs, list[Inside]]:
+                    max_frames: int = EXPLAIN_BATCH_FRAMES,
+                    chunk_frames: int = CHUNK_FRAMES) -> tuple[Outputs, list[Inside]]:
     """infer()'s logits and embeddings, and each utterance's attention maps and pooling weights over
     its first `explain_frames` frames.
 

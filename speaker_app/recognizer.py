@@ -98,7 +98,8 @@ class Recognizer:
         self.max_frames = round(MAX_AUDIO_SECONDS / self.features_config.frame_seconds)
         self.batcher = Batcher(self._run_batch, MAX_BATCH)
         self.fingerprint = fingerprint(checkpoint)
-        self.embedding_dim = infer(self.model, [torch.zeros(MIN_FRAMES, self.features_config.n_mels)]).embeddings.shape[1]
+        silence = torch.zeros(MIN_FRAMES, self.features_config.n_mels)
+        self.embedding_dim = infer(self.model, [silence]).embeddings.shape[1]  # what gallery entries must have
         self.gallery = self.new_gallery(gallery_path) if gallery_path else None
 
     @classmethod
@@ -192,8 +193,8 @@ class Recognizer:
             raise InputError(str(error)) from None
 
     # -- inference ---------------------------------------------------------------------------
-    def _run_batch(self, jobs: list[tuple[torch.Tensor, bool]]) -> list[tuple[torch.Tensor, torch.Tensor, Inside | None]]:
-        """The batcher's work: (features, explain) jobs -> (unit embedding (E,), logits (C,), inside or None)."""
+    def _run_batch(self, jobs: list[tuple[torch.Tensor, bool]]) -> list[tuple]:
+        """The batcher's work: (features, explain) jobs -> (unit embedding (E,), logits (C,), Inside or None)."""
         results = [None] * len(jobs)
         for explain in (True, False):
             chosen = [i for i, (_, wanted) in enumerate(jobs) if wanted == explain]

@@ -67,12 +67,14 @@ def stop_app(process: subprocess.Popen) -> None:
         process.wait()
 
 
-def five_second_clip(folder: Path, rate: int = 44100) -> Path:
-    """Allison's held-out clip looped to 5 s at 44.1 kHz (what a browser records), as a WAV file."""
+def five_second_clip(folder: Path, gain: float = 1.0, name: str = "five-seconds.wav") -> Path:
+    """Allison's held-out clip looped to 5 s at 44.1 kHz (what a browser records), as a WAV file. Another
+    gain makes another file of the same speech: Gradio keeps identical uploads as one file, and the app
+    deletes enrollment clips, so concurrent visitors need files of their own."""
     wave, original = sf.read(ALLISON, dtype="float32")
     wave = np.tile(wave, int(np.ceil(5 * original / len(wave))))[: 5 * original]
-    path = folder / "five-seconds.wav"
-    sf.write(path, soxr.resample(wave, original, rate), rate, subtype="PCM_16")
+    path = folder / name
+    sf.write(path, gain * soxr.resample(wave, original, 44100), 44100, subtype="PCM_16")
     return path
 
 

@@ -248,7 +248,8 @@ def test_5_invisible_and_direction_characters_are_refused(recognizer, name):
 
 def test_5_names_that_look_alike_are_one_name(recognizer):
     assert recognizer.enroll("Ren\u00e9e Lee", [clip(1)]) == "Renée Lee"  # composed é
-    for other in ["Rene\u0301e Lee", "renée lee", "  RENÉE   LEE ", "ReneeLee".replace("ee", "ée", 1), "Ｒenée Lee"]:
+    for other in ["Rene\u0301e Lee", "renée lee", "  RENÉE   LEE ", "RenéeLee", "\uff32enée Lee"]:
+        # decomposed é, case, spacing, no space, a fullwidth R (NFKC makes it R)
         with pytest.raises(InputError, match="'Renée Lee' is already enrolled"):
             recognizer.enroll(other, [clip(2)])
     assert recognizer.gallery.names() == ["Renée Lee"]
@@ -400,7 +401,8 @@ def test_9_per_visitor_galleries_are_the_default_on_spaces(tmp_path, monkeypatch
         (recognizer.gallery, per_visitor)) or gr.Blocks())
     monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kwargs: None)
     monkeypatch.chdir(tmp_path)
-    for space, flag, expected in [("user/space", [], True), (None, [], False), (None, ["--galleries", "per-visitor"], True),
+    for space, flag, expected in [("user/space", [], True), (None, [], False),
+                                  (None, ["--galleries", "per-visitor"], True),
                                   ("user/space", ["--galleries", "shared"], False)]:
         if space:
             monkeypatch.setenv("SPACE_ID", space)
@@ -435,7 +437,8 @@ def test_10_the_app_runs_the_model_once_per_request(recognizer, tmp_path, monkey
     calls = []
     for method in ("forward", "embed", "forward_intermediates"):
         original = getattr(recognizer.model, method)
-        monkeypatch.setattr(recognizer.model, method, lambda *a, _m=method, _o=original, **k: calls.append(_m) or _o(*a, **k))
+        monkeypatch.setattr(recognizer.model, method,
+                            lambda *a, _m=method, _o=original, **k: calls.append(_m) or _o(*a, **k))
     handlers = app.Handlers(recognizer)
     label, verdict, features_plot, attention_plot, explanation = handlers.identify(None, clip_file(tmp_path, 1), 3)
     assert calls == ["forward_intermediates"] and features_plot is not None

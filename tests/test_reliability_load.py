@@ -30,7 +30,8 @@ def test_concurrent_identify_and_enroll(tiny_app):
     process, url, folder, clip = tiny_app
     warm = client(url)
     identify_once(warm, clip)
-    enroll_once(warm, "warm-up", clip)
+    voices = [five_second_clip(folder, 0.9 - 0.02 * i, f"voice-{i}.wav") for i in range(5)]  # one per visitor
+    enroll_once(warm, "warm-up", voices[4])
     before = memory_mb(process.pid)
     names = [f"visitor {i}" for i in range(4)]
     users = [client(url) for _ in range(8)]  # connected before the clock starts
@@ -40,7 +41,8 @@ def test_concurrent_identify_and_enroll(tiny_app):
 
     start = time.perf_counter()
     results = run_together([identify_three(user) for user in users[:4]]
-                           + [lambda u=user, n=name: enroll_once(u, n, clip) for user, name in zip(users[4:], names)])
+                           + [lambda u=user, n=name, v=voice: enroll_once(u, n, v)
+                              for user, name, voice in zip(users[4:], names, voices)])
     assert [r for r in results if isinstance(r, Exception)] == [], f"after {time.perf_counter() - start:.1f} s"
     assert gallery_names(folder) == sorted(["warm-up", *names])  # parses, and no enrollment lost
     growth = memory_mb(process.pid) - before
