@@ -34,8 +34,8 @@ DEFAULT_CHECKPOINT = ROOT / "checkpoints" / "default.pt"
 EXAMPLES = ROOT / "examples"
 MAX_UPLOAD = "50mb"  # larger uploads are refused by the server; 10 min of 16-bit 44.1 kHz stereo is ~100 MB
 DEFAULT_TOP_K = 5
-# Identify requests run in up to MAX_BATCH threads: each decodes its audio, then waits for the model,
-# which runs whatever waits as one batch (speaker_app.batching). Enroll and verify share one queue.
+# Model requests run in up to MAX_BATCH threads per queue (identify; enroll and verify): each decodes its
+# audio, then waits for the model, which runs whatever waits as one batch (speaker_app.batching).
 IDENTIFY, MODEL, PLOTS = "identify", "model", "plots"
 # Gradio's upload cache: every 5 minutes, files older than 15 minutes are deleted. Uploads the app
 # has used (embedded) are deleted at once; this catches the rest (uploads never submitted, failed ones).
@@ -303,8 +303,9 @@ def enroll_tab(handlers: Handlers, visitor: list):
     recording.stop_recording(handlers.add_recording, [clips, recording], [clips, recording], api_visibility="private")
     # A refused enrollment shows its error on the message only, not on the table and menu.
     button.click(handlers.enroll, [name, clips, replace, *visitor], [message, table, chosen, *visitor],
-                 api_name="enroll", concurrency_id=MODEL, show_progress_on=[message]).success(
-        lambda: (None, False), outputs=[clips, replace], api_visibility="private")
+                 api_name="enroll", concurrency_id=MODEL, concurrency_limit=MAX_BATCH,
+                 show_progress_on=[message]).success(lambda: (None, False), outputs=[clips, replace],
+                                                     api_visibility="private")
     delete.click(handlers.forget, [chosen, *visitor], [message, table, chosen, *visitor], api_name="forget",
                  show_progress_on=[message])
     return handlers.gallery, [table, chosen]
@@ -320,7 +321,8 @@ def verify_tab(handlers: Handlers):
     verdict = gr.Markdown(elem_id="verify-verdict")
     # The verdict shows the score; this hidden number gives API clients the value itself.
     score = gr.Number(label="Cosine similarity", interactive=False, visible=False)
-    button.click(handlers.verify, [first, second], [verdict, score], api_name="verify", concurrency_id=MODEL)
+    button.click(handlers.verify, [first, second], [verdict, score], api_name="verify", concurrency_id=MODEL,
+                 concurrency_limit=MAX_BATCH)
 
 
 def model_tab(recognizer: Recognizer, checkpoint: str | Path):

@@ -197,13 +197,14 @@ def main(argv=None) -> int:
              f"`{args.checkpoint.relative_to(REPO) if args.checkpoint.is_relative_to(REPO) else args.checkpoint}`. "
              f"/identify returns the answer (top-k and verdict; the page draws its plots in a second event). Up to "
              f"{MAX_BATCH} identify requests are in flight at once and the model runs the ones waiting for it as one "
-             f"batch (speaker_app.batching); enrollments and verifications share one queue. Latency includes "
-             f"upload and waiting.\n\n")
+             f"batch (speaker_app.batching); enrollments and verifications share another queue, of the same size. "
+             f"Latency includes upload and waiting.\n\n")
     text += table(["request", "count", "p50 ms", "p95 ms", "max ms", "failed"],
                   summary(result, args.users, args.requests, args.enrollments, args.rounds)) + "\n\n"
     text += (f"- all requests done in {result['wall_s']:.1f} s; server still serving: {result['server_alive']}\n"
              f"- server RSS after warm-up, then after each round: "
-             f"{', '.join(f'{mb:.0f}' for mb in result['rss_mb'])} MB\n"
+             f"{', '.join(f'{mb:.0f}' for mb in result['rss_mb'])} MB (rounds differ by at most "
+             f"{max(result['rss_mb'][1:]) / min(result['rss_mb'][1:]) - 1:.0%})\n"
              f"- gallery file parses and holds all {len(result['expected_names'])} enrolled names: {gallery_ok}"
              + (f" ({result.get('gallery_error') or result['gallery_names']})" if not gallery_ok else "") + "\n")
     for failure in result["failures"][:10]:
