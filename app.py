@@ -37,8 +37,9 @@ DEFAULT_TOP_K = 5
 # Model requests run in up to MAX_BATCH threads per queue (identify; enroll and verify): each decodes its
 # audio, then waits for the model, which runs whatever waits as one batch (speaker_app.batching).
 IDENTIFY, MODEL, PLOTS = "identify", "model", "plots"
-# Gradio's upload cache: every 5 minutes, files older than 15 minutes are deleted. Uploads the app
-# has used (embedded) are deleted at once; this catches the rest (uploads never submitted, failed ones).
+# Gradio's upload cache: every 5 minutes, files older than 15 minutes are deleted. Enrollment clips are
+# deleted once embedded (Handlers._delete_uploads); this removes the rest (clips to identify or verify,
+# uploads never submitted, refused enrollments).
 DELETE_CACHE = (300, 900)
 PLAIN = dict(latex_delimiters=[])  # Markdown that shows names: `$$x^2$$` is a name, not a formula
 # Gradio's upload cache for `python app.py`, unless $GRADIO_TEMP_DIR says otherwise: a folder relative

@@ -43,7 +43,7 @@ class TensorFileError(ValueError):
 
 
 OBJECTS = "it holds Python objects, not just tensors and plain data (refused: loading it could run code)"
-DAMAGED = "it is truncated or damaged, or not a file that torch.save wrote"
+DAMAGED = "it is truncated or damaged"  # or never was a tensor file: the bytes cannot tell
 
 
 # -- writing -------------------------------------------------------------------------------------
@@ -261,7 +261,7 @@ def _load_npy(path: Path, max_bytes: int | None, max_elements: int | None) -> to
             shape, _, dtype = read_header(handle)
             data_bytes = path.stat().st_size - handle.tell()
     except (ValueError, OSError, EOFError):
-        raise TensorFileError(DAMAGED.replace("torch.save", "numpy.save")) from None
+        raise TensorFileError(DAMAGED) from None
     if dtype.hasobject:
         raise TensorFileError(OBJECTS, "objects")
     elements = math.prod(shape)
@@ -272,7 +272,7 @@ def _load_npy(path: Path, max_bytes: int | None, max_elements: int | None) -> to
         raise TensorFileError(f"it declares {_mb(elements * dtype.itemsize)} of data, over the {_mb(max_bytes)} "
                               "allowed", "size")
     if elements * dtype.itemsize != data_bytes:
-        raise TensorFileError(DAMAGED.replace("torch.save", "numpy.save"))
+        raise TensorFileError(DAMAGED)
     try:
         return torch.from_numpy(np.load(path, allow_pickle=False))
     except (ValueError, TypeError, OSError) as error:  # e.g. a dtype torch has no tensor for

@@ -201,8 +201,10 @@ class Recognizer:
             if not chosen:
                 continue
             utterances = [jobs[i][0] for i in chosen]
-            outputs, insides = infer_explained(self.model, utterances) if explain else (infer(self.model, utterances),
-                                                                                          [None] * len(chosen))
+            if explain:
+                outputs, insides = infer_explained(self.model, utterances)
+            else:
+                outputs, insides = infer(self.model, utterances), [None] * len(chosen)
             for row, i in enumerate(chosen):
                 results[i] = (outputs.embeddings[row], outputs.logits[row], insides[row])
         return results
