@@ -37,7 +37,7 @@ MIN_AUDIO_SECONDS = 0.3
 MIN_FRAMES = 10  # 0.1 s of speech after silence removal
 MAX_AUDIO_SECONDS = 600.0  # longer audio is cut here (bounded memory), and said so; longer feature files are refused
 DEFAULT_THRESHOLD = 0.5
-MAX_BATCH = 8  # requests run together by the model: 8 five-second clips take ~2x one on two cores
+MAX_BATCH = 8  # requests the model runs together; their attention maps stay small (8 x 5 s: ~2 MB a layer)
 
 
 class InputError(ValueError):
