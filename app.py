@@ -129,7 +129,8 @@ class Handlers:
         recognizer = self._for(visitor)
         result, explanation = recognizer.identify_explained(source, int(top_k))
         for note in result.notes:
-            gr.Warning(note)
+            if note != recognizer.unexplained:  # said in the verdict; no toast on every request
+                gr.Warning(note)
         return describe.top_speakers(result), describe.verdict(result, recognizer), explanation
 
     def plots(self, explanation: Explanation | None, layer: int = 1, head: int = 0):
@@ -144,7 +145,9 @@ class Handlers:
         label, verdict, explanation = self.answer(audio, feature_file, top_k, visitor)
         return (label, verdict, *self.plots(explanation, layer, head), explanation)
 
-    def features_plot(self, explanation: Explanation):
+    def features_plot(self, explanation: Explanation | None):
+        if explanation is None:
+            return None
         frame_seconds = self.recognizer.features_config.frame_seconds
         title = "Log-mel features" + (f" (the first {len(explanation.features) * frame_seconds:.0f} s)"
                                       if explanation.truncated else "")
@@ -409,7 +412,8 @@ def main(argv=None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", type=Path, default=checkpoint, help=f"model to serve (default: {checkpoint})")
+    parser.add_argument("--checkpoint", type=Path, default=checkpoint,
+                        help=f"model to serve: a checkpoint, or an ONNX export (.onnx) (default: {checkpoint})")
     parser.add_argument("--gallery", type=Path, default=gallery,
                         help=f"folder of the shared gallery of enrolled speakers (default: {gallery})")
     parser.add_argument("--galleries", choices=["shared", "per-visitor"], default=galleries,

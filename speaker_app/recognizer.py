@@ -101,6 +101,7 @@ class Recognizer:
         silence = torch.zeros(MIN_FRAMES, self.features_config.n_mels)
         self.embedding_dim = infer(self.model, [silence]).embeddings.shape[1]  # what gallery entries must have
         self.gallery = self.new_gallery(gallery_path) if gallery_path else None
+        self._said = {}  # what the model said about itself; shared with with_gallery()'s views
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, gallery_path: str | Path | None = None) -> Recognizer:
@@ -109,6 +110,11 @@ class Recognizer:
     @property
     def speakers(self) -> list[str]:
         return self.checkpoint.speakers
+
+    @property
+    def unexplained(self) -> str | None:
+        """Why this model gives no attention maps or pooling weights (an ONNX export), once it said so."""
+        return self._said.get("unexplained")
 
     def new_gallery(self, path: str | Path | None = None) -> Gallery:
         """A gallery for this model: on disk at `path`, or in memory (one visitor's) without one."""
@@ -202,7 +208,11 @@ class Recognizer:
                 continue
             utterances = [jobs[i][0] for i in chosen]
             if explain:
-                outputs, insides = infer_explained(self.model, utterances)
+                try:
+                    outputs, insides = infer_explained(self.model, utterances)
+                except NotImplementedError as error:  # a model without intermediates (an ONNX export)
+                    self._said["unexplained"] = str(error)
+                    outputs, insides = infer(self.model, utterances), [None] * len(chosen)
             else:
                 outputs, insides = infer(self.model, utterances), [None] * len(chosen)
             for row, i in enumerate(chosen):
@@ -238,6 +248,8 @@ class Recognizer:
         seconds = len(features) * self.features_config.frame_seconds
         result = self.decide(embedding, logits, seconds, notes, top_k)
         if inside is None:
+            if explain and self.unexplained:
+                result.notes.append(self.unexplained)
             return result, None
         step = inside.frame_step * self.features_config.frame_seconds
         return result, Explanation(features[: inside.frames], inside.attention, inside.pooling, step,

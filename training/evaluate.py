@@ -29,7 +29,9 @@ from speaker_app.features import AudioError, features_from_file
 from speaker_app.inference import infer
 from speaker_app.scoring import centroid, cosine, equal_error_rate
 
-from .config import TrainConfig, from_dict
+from speaker_app.configs import from_dict
+
+from .config import TrainConfig
 from .data import DataError, load_features, read_labelled, read_speakers, read_test, split_utterances
 from .prepare import find_clips
 
