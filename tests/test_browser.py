@@ -106,6 +106,7 @@ def visit_enroll_tab(browser, url):
 def enroll(page, name, clip):
     page.locator("#enroll-name input").fill(name)
     page.locator("#enroll-clips input[type=file]").set_input_files(str(clip))
+    sync_api.expect(page.locator("#enroll-clips")).to_contain_text(clip.name, timeout=60_000)  # uploaded
     page.get_by_role("button", name="Enroll", exact=True).click()
 
 
