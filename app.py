@@ -1,13 +1,15 @@
 """The Gradio demo: who is speaking? Identify, enroll and verify speakers.
 
-    python app.py [--checkpoint PATH] [--gallery DIR]
+    python app.py [--checkpoint PATH] [--gallery DIR] [--galleries shared|per-visitor]
 
 The checkpoint comes from --checkpoint, else $SPEAKER_CHECKPOINT, else
-checkpoints/default.pt; enrolled speakers live in a gallery folder (--gallery,
-else $SPEAKER_GALLERY, else ./gallery), one JSON file per model. It serves on
-127.0.0.1 unless $GRADIO_SERVER_NAME says otherwise ($GRADIO_SERVER_PORT for the
-port). `gradio app.py` and tests import `demo`; the handlers only translate
-between Gradio values and `speaker_app.recognizer.Recognizer`.
+checkpoints/default.pt. Enrolled speakers live in a shared gallery folder
+(--gallery, else $SPEAKER_GALLERY, else ./gallery), one JSON file per model, or,
+with `--galleries per-visitor` (the default on Hugging Face Spaces, where
+$SPACE_ID is set), in each visitor's session only. It serves on 127.0.0.1
+unless $GRADIO_SERVER_NAME says otherwise ($GRADIO_SERVER_PORT for the port).
+`gradio app.py` and tests import `demo`; the handlers only translate between
+Gradio values and `speaker_app.recognizer.Recognizer`.
 """
 
 from __future__ import annotations
@@ -24,14 +26,25 @@ import gradio as gr
 
 from speaker_app import describe, plots
 from speaker_app.checkpoint import CheckpointError, load_checkpoint
-from speaker_app.recognizer import Explanation, InputError, Recognizer, fingerprint
+from speaker_app.gallery import Gallery
+from speaker_app.recognizer import MAX_BATCH, Explanation, InputError, Recognizer, fingerprint
 
 ROOT = Path(__file__).resolve().parent
 DEFAULT_CHECKPOINT = ROOT / "checkpoints" / "default.pt"
 EXAMPLES = ROOT / "examples"
 MAX_UPLOAD = "50mb"  # larger uploads are refused by the server; 10 min of 16-bit 44.1 kHz stereo is ~100 MB
 DEFAULT_TOP_K = 5
-MODEL = "model"  # one queue for every event that runs the model: one at a time on a small CPU
+# Model requests run in up to MAX_BATCH threads per queue (identify; enroll and verify): each decodes its
+# audio, then waits for the model, which runs whatever waits as one batch (speaker_app.batching).
+IDENTIFY, MODEL, PLOTS = "identify", "model", "plots"
+# Gradio's upload cache: every 5 minutes, files older than 15 minutes are deleted. Enrollment clips are
+# deleted once embedded (Handlers._delete_uploads); this removes the rest (clips to identify or verify,
+# uploads never submitted, refused enrollments).
+DELETE_CACHE = (300, 900)
+PLAIN = dict(latex_delimiters=[])  # Markdown that shows names: `$$x^2$$` is a name, not a formula
+# Gradio's upload cache for `python app.py`, unless $GRADIO_TEMP_DIR says otherwise: a folder relative
+# to the working folder, so that upload replies and the page's config name no absolute server path.
+UPLOADS = "gradio-uploads"
 # Browsers clean up microphone audio for calls (noise suppression, echo cancellation, automatic
 # gain); that reshapes the spectrum a speaker model listens to, so the app asks for the raw signal.
 RAW_MICROPHONE = """<script>
@@ -51,10 +64,11 @@ RAW_MICROPHONE = """<script>
 </script>"""
 
 
-def load_recognizer(checkpoint: str | Path, gallery_dir: str | Path) -> Recognizer:
-    """A recognizer whose gallery is `<gallery_dir>/<model fingerprint>.json`: one gallery per model."""
+def load_recognizer(checkpoint: str | Path, gallery_dir: str | Path | None) -> Recognizer:
+    """A recognizer whose gallery is `<gallery_dir>/<model fingerprint>.json` (one gallery per model);
+    without a folder it has none (visitors bring their own)."""
     loaded = load_checkpoint(checkpoint)
-    return Recognizer(loaded, Path(gallery_dir) / f"{fingerprint(loaded)}.json")
+    return Recognizer(loaded, Path(gallery_dir) / f"{fingerprint(loaded)}.json" if gallery_dir else None)
 
 
 def user_errors(handler):
@@ -71,30 +85,65 @@ def user_errors(handler):
 
 
 class Handlers:
-    """Event handlers: Gradio values in, Gradio values out; the work is the recognizer's."""
+    """Event handlers: Gradio values in, Gradio values out; the work is the recognizer's.
 
-    def __init__(self, recognizer: Recognizer):
+    With `per_visitor`, each handler's last argument is the visitor's own gallery (a gr.State,
+    None until the first enrollment) and those that change it return it last.
+    """
+
+    def __init__(self, recognizer: Recognizer, per_visitor: bool = False):
         self.recognizer = recognizer
+        self.per_visitor = per_visitor
+        self.uploads: set[str] = set()  # Gradio's set of uploaded files (build_demo links it)
+
+    def _for(self, visitor: Gallery | None, create: bool = False) -> Recognizer:
+        """The recognizer with the gallery this request sees: the shared one, or the visitor's."""
+        if not self.per_visitor:
+            return self.recognizer
+        if visitor is None and create:
+            visitor = self.recognizer.new_gallery()
+        return self.recognizer.with_gallery(visitor)
+
+    def _visitor(self, recognizer: Recognizer) -> tuple:
+        """The visitor's gallery as the last output, in per-visitor mode."""
+        return (recognizer.gallery,) if self.per_visitor else ()
+
+    def _delete_uploads(self, paths) -> None:
+        """Enrollment clips are deleted once embedded: a deleted speaker leaves no audio behind. (Other
+        uploads stay until the cache cleanup, DELETE_CACHE, so that Identify can run again on them.)
+        Only files that visitors uploaded are touched, never an example or a file named by a program."""
+        uploaded = {str(Path(p).resolve()): p for p in list(self.uploads)}  # Gradio may record them relative
+        for path in paths:
+            recorded = uploaded.get(str(Path(path).resolve())) if path else None
+            if recorded is not None:
+                Path(path).unlink(missing_ok=True)
+                self.uploads.discard(recorded)
 
     @user_errors
-    def identify(self, audio: str | None, feature_file: str | None, top_k: int = DEFAULT_TOP_K,
-                 layer: int = 1, head: int = 0):
-        """-> top-k {speaker: probability}, verdict, features plot, attention plot, explanation (state)."""
+    def answer(self, audio: str | None, feature_file: str | None, top_k: int = DEFAULT_TOP_K,
+               visitor: Gallery | None = None):
+        """-> top-k {speaker: probability}, verdict, explanation (state); the model runs once."""
         source = feature_file or audio
         if source is None:
             raise InputError("upload or record audio, or choose a feature file (.pt or .npy), first")
-        features, notes = self.recognizer.features(source)
-        result = self.recognizer.identify(features, int(top_k))
-        result.notes = notes + result.notes
-        try:
-            explanation = self.recognizer.explain(features)
-        except NotImplementedError as error:  # an ONNX model: no attention maps or pooling weights
-            explanation = None
-            result.notes.append(str(error))
-        for note in notes:
-            gr.Warning(note)
-        return (describe.top_speakers(result), describe.verdict(result, self.recognizer),
-                self.features_plot(explanation), self.show_attention(explanation, layer, head), explanation)
+        recognizer = self._for(visitor)
+        result, explanation = recognizer.identify_explained(source, int(top_k))
+        for note in result.notes:
+            if note != recognizer.unexplained:  # said in the verdict; no toast on every request
+                gr.Warning(note)
+        return describe.top_speakers(result), describe.verdict(result, recognizer), explanation
+
+    def plots(self, explanation: Explanation | None, layer: int = 1, head: int = 0):
+        """-> features plot, attention plot: drawn after the answer, from the same pass."""
+        if explanation is None:
+            return None, None
+        return self.features_plot(explanation), self.show_attention(explanation, layer, head)
+
+    def identify(self, audio: str | None, feature_file: str | None, top_k: int = DEFAULT_TOP_K,
+                 layer: int = 1, head: int = 0, visitor: Gallery | None = None):
+        """Everything the Identify tab shows, in one call: top-k, verdict, both plots, explanation."""
+        label, verdict, explanation = self.answer(audio, feature_file, top_k, visitor)
+        return (label, verdict, *self.plots(explanation, layer, head), explanation)
 
     def features_plot(self, explanation: Explanation | None):
         if explanation is None:
@@ -116,21 +165,29 @@ class Handlers:
         weights = maps.mean(0) if head == 0 else maps[head - 1]
         return plots.attention_figure(weights, explanation.frame_seconds, layer, head or None)
 
-    def gallery(self):
-        """-> the enrolled speakers' table and the choices of the delete menu."""
-        gallery = self.recognizer.gallery
-        rows = [list(row) for row in gallery.info()] if gallery else []
+    def gallery(self, visitor: Gallery | None = None):
+        """-> the enrolled speakers' table and the choices of the delete menu (names typed in work too)."""
+        gallery = self._for(visitor).gallery
+        rows = [list(row) for row in gallery.info()] if gallery is not None else []
         names = [row[0] for row in rows]
         return rows, gr.Dropdown(choices=names, value=names[0] if names else None)
 
     @user_errors
-    def enroll(self, name: str, clips: list[str] | None):
-        before = set(self.recognizer.gallery.names()) if self.recognizer.gallery else set()
-        stored = self.recognizer.enroll(name or "", list(clips or []))
-        verb = "Updated" if stored in before else "Enrolled"
+    def enroll(self, name: str, clips: list[str] | None, replace: bool = False, visitor: Gallery | None = None):
+        """-> message, table, menu (and the visitor's gallery). A name that is enrolled already is
+        refused unless `replace`: the page asks with its "Replace" box."""
+        recognizer = self._for(visitor, create=True)
+        clips = list(clips or [])
+        try:
+            before = recognizer.gallery.find(name or "")
+        except ValueError:  # an invalid name: enroll says why
+            before = None
+        stored = recognizer.enroll(name or "", clips, replace=bool(replace))
+        self._delete_uploads(clips)
+        verb = "Replaced" if before is not None else "Enrolled"
         message = (f"{verb} **{describe.markdown_text(stored)}** from {len(clips)} clip{'s' * (len(clips) > 1)}. "
                    "The Identify tab now considers this speaker too.")
-        return (message, *self.gallery())
+        return (message, *self.gallery(recognizer.gallery), *self._visitor(recognizer))
 
     @staticmethod
     def add_recording(clips: list[str] | None, recording: str | None):
@@ -140,13 +197,16 @@ class Handlers:
             clips.append(recording)
         return clips, None
 
-    def forget(self, name: str | None):
+    def forget(self, name: str | None, visitor: Gallery | None = None):
+        """Delete the enrolled speaker `name` (any client may send any string); other names are never listed."""
+        name = str(name or "").strip()
         if not name:
-            raise gr.Error("choose an enrolled speaker to delete", print_exception=False)
-        removed = self.recognizer.forget(name)
-        shown = describe.markdown_text(name)
-        message = f"Deleted **{shown}**." if removed else f"**{shown}** was not enrolled."
-        return (message, *self.gallery())
+            raise gr.Error("choose or type the name of an enrolled speaker to delete", print_exception=False)
+        recognizer = self._for(visitor)
+        removed = recognizer.forget(name)
+        message = (f"Deleted **{describe.markdown_text(removed)}**." if removed
+                   else f"**{describe.markdown_text(name)}** is not enrolled.")
+        return (message, *self.gallery(recognizer.gallery), *self._visitor(recognizer))
 
     @user_errors
     def verify(self, first: str | None, second: str | None):
@@ -178,7 +238,7 @@ def examples_table(inputs: list) -> gr.Examples | None:
         label="Examples held out from training (sources and licences: examples/README.md)")
 
 
-def identify_tab(handlers: Handlers, config):
+def identify_tab(handlers: Handlers, config, visitor: list):
     with gr.Row():
         with gr.Column(scale=2):
             audio = gr.Audio(sources=["upload", "microphone"], type="filepath", elem_id="identify-audio",
@@ -190,7 +250,7 @@ def identify_tab(handlers: Handlers, config):
             button = gr.Button("Identify", variant="primary")
             examples = examples_table([audio, feature_file])
         with gr.Column(scale=3):
-            verdict = gr.Markdown(elem_id="verdict")
+            verdict = gr.Markdown(elem_id="verdict", **PLAIN)
             label = gr.Label(label="Top speakers (probability)", elem_id="top-speakers")
     features_plot = gr.Plot(label="Features and pooling weights", format="png")
     with gr.Row():
@@ -200,40 +260,58 @@ def identify_tab(handlers: Handlers, config):
     attention_plot = gr.Plot(label="Self-attention map", format="png")
     explanation = gr.State(time_to_live=900)  # the attention maps shown: up to ~9 MB for 15 s of speech
 
-    run = dict(fn=handlers.identify, inputs=[audio, feature_file, top_k, layer, head],
-               outputs=[label, verdict, features_plot, attention_plot, explanation], concurrency_id=MODEL)
-    button.click(**run, api_name="identify")
+    # The answer first (API clients get only this), then the plots drawn from the same model pass.
+    answer = dict(fn=handlers.answer, inputs=[audio, feature_file, top_k, *visitor],
+                  outputs=[label, verdict, explanation], concurrency_id=IDENTIFY, concurrency_limit=MAX_BATCH)
+    draw = dict(fn=handlers.plots, inputs=[explanation, layer, head], outputs=[features_plot, attention_plot],
+                concurrency_id=PLOTS, concurrency_limit=2, api_visibility="private")
+    button.click(**answer, api_name="identify").success(**draw)
     # A new input replaces the other kind, then runs at once.
     audio.upload(lambda: None, outputs=feature_file, queue=False, api_visibility="private").then(
-        **run, api_visibility="private")
+        **answer, api_visibility="private").success(**draw)
     audio.stop_recording(lambda: None, outputs=feature_file, queue=False, api_visibility="private").then(
-        **run, api_visibility="private")
+        **answer, api_visibility="private").success(**draw)
     feature_file.upload(lambda: None, outputs=audio, queue=False, api_visibility="private").then(
-        **run, api_visibility="private")
+        **answer, api_visibility="private").success(**draw)
     if examples:
-        examples.load_input_event.then(**run, api_visibility="private")
+        examples.load_input_event.then(**answer, api_visibility="private").success(**draw)
     for menu in (layer, head):
         menu.change(handlers.show_attention, [explanation, layer, head], attention_plot, api_visibility="private")
 
 
-
-def enroll_tab(handlers: Handlers):
+def enroll_tab(handlers: Handlers, visitor: list):
     gr.Markdown("Enroll a new speaker from one to five clips; identification then considers them "
-                "beside the model's own speakers. Each microphone recording is added to the clips when you stop it.")
+                "beside the model's own speakers. Each microphone recording is added to the clips when you stop it. "
+                "The clips are deleted from the server once enrolled; only the voiceprint (an embedding) is kept"
+                + (", in this browser session only." if handlers.per_visitor else "."))
+    notices = handlers.recognizer.gallery.notices if handlers.recognizer.gallery is not None else []
+    if notices:
+        gr.Markdown("**When the gallery was opened:** " + "; ".join(describe.markdown_text(n) for n in notices),
+                    elem_id="gallery-notices", **PLAIN)
     with gr.Row():
         with gr.Column():
-            name = gr.Textbox(label="Name", max_lines=1, max_length=64)
-            clips = gr.File(file_count="multiple", file_types=["audio", ".pt", ".npy"], label="Clips (1 to 5)")
+            name = gr.Textbox(label="Name", max_lines=1, max_length=64, elem_id="enroll-name")
+            clips = gr.File(file_count="multiple", file_types=["audio", ".pt", ".npy"], label="Clips (1 to 5)",
+                            elem_id="enroll-clips")
             recording = gr.Audio(sources=["microphone"], type="filepath", label="Record a clip")
+            replace = gr.Checkbox(False, label="Replace the voiceprint if this name is enrolled already",
+                                  elem_id="enroll-replace")
             button = gr.Button("Enroll", variant="primary")
-            message = gr.Markdown(elem_id="enroll-message")
+            message = gr.Markdown(elem_id="enroll-message", **PLAIN)
         with gr.Column():
-            table = gr.Dataframe(headers=["name", "clips", "enrolled"], interactive=False, label="Enrolled speakers")
-            chosen = gr.Dropdown(label="Enrolled speaker")
+            table = gr.Dataframe(headers=["name", "clips", "enrolled"], interactive=False, label="Enrolled speakers",
+                                 elem_id="enrolled-table")
+            # Any name may be typed or sent (API clients have no menu); the menu lists this gallery's names.
+            chosen = gr.Dropdown(label="Enrolled speaker", allow_custom_value=True, elem_id="enrolled-menu")
             delete = gr.Button("Delete", variant="stop")
     recording.stop_recording(handlers.add_recording, [clips, recording], [clips, recording], api_visibility="private")
-    button.click(handlers.enroll, [name, clips], [message, table, chosen], api_name="enroll", concurrency_id=MODEL)
-    delete.click(handlers.forget, chosen, [message, table, chosen], api_name="forget")
+    # A refused enrollment shows its error on the message only, not on the table and menu.
+    button.click(handlers.enroll, [name, clips, replace, *visitor], [message, table, chosen, *visitor],
+                 api_name="enroll", concurrency_id=MODEL, concurrency_limit=MAX_BATCH,
+                 show_progress_on=[message]).success(lambda: (None, False), outputs=[clips, replace],
+                                                     api_visibility="private")
+    delete.click(handlers.forget, [chosen, *visitor], [message, table, chosen, *visitor], api_name="forget",
+                 show_progress_on=[message])
     return handlers.gallery, [table, chosen]
 
 
@@ -247,33 +325,49 @@ def verify_tab(handlers: Handlers):
     verdict = gr.Markdown(elem_id="verify-verdict")
     # The verdict shows the score; this hidden number gives API clients the value itself.
     score = gr.Number(label="Cosine similarity", interactive=False, visible=False)
-    button.click(handlers.verify, [first, second], [verdict, score], api_name="verify", concurrency_id=MODEL)
+    button.click(handlers.verify, [first, second], [verdict, score], api_name="verify", concurrency_id=MODEL,
+                 concurrency_limit=MAX_BATCH)
 
 
 def model_tab(recognizer: Recognizer, checkpoint: str | Path):
-    gr.Markdown(describe.model_summary(recognizer, checkpoint))
+    gr.Markdown(describe.model_summary(recognizer, shown_path(checkpoint)))
     card = Path(checkpoint).parent / "README.md"
     if card.is_file():
         with gr.Accordion(f"Model card ({card.name} beside the checkpoint)", open=False):
             gr.Markdown(card.read_text(encoding="utf-8", errors="replace"))
 
 
-def build_demo(recognizer: Recognizer, checkpoint: str | Path) -> gr.Blocks:
-    handlers = Handlers(recognizer)
-    # No delete_cache: in Gradio 6.31 it also deletes the examples' cached copies, which breaks them.
-    with gr.Blocks(title="Speaker identification", analytics_enabled=False) as demo:
+def shown_path(path: str | Path) -> str:
+    """A path as the page may show it: relative to the app's folder, else the file's name only."""
+    path = Path(path).resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else path.name
+
+
+def build_demo(recognizer: Recognizer, checkpoint: str | Path, per_visitor: bool = False) -> gr.Blocks:
+    """The page. per_visitor: each visitor enrolls into a gallery of their own session (gr.State), never
+    seen by others and never written to disk; otherwise every visitor shares `recognizer.gallery`."""
+    handlers = Handlers(recognizer, per_visitor)
+    with gr.Blocks(title="Speaker identification", analytics_enabled=False, delete_cache=DELETE_CACHE) as demo:
         gr.Markdown("# Who is speaking?\nA Conformer speaker model: identify a voice among the model's "
                     f"{len(recognizer.speakers)} speakers and those you enroll, see where it listened, "
                     "or check whether two clips are the same speaker.")
+        # A visitor's gallery, dropped an hour after they leave (gr.State's time_to_live counts from the last change).
+        visitor = [gr.State(None, time_to_live=3600)] if per_visitor else []
         with gr.Tab("Identify"):
-            identify_tab(handlers, recognizer.checkpoint.model_config)
+            identify_tab(handlers, recognizer.checkpoint.model_config, visitor)
         with gr.Tab("Enroll"):
-            refresh, gallery_outputs = enroll_tab(handlers)
+            refresh, gallery_outputs = enroll_tab(handlers, visitor)
         with gr.Tab("Verify"):
             verify_tab(handlers)
         with gr.Tab("Model"):
             model_tab(recognizer, checkpoint)
-        demo.load(refresh, outputs=gallery_outputs, api_visibility="private")
+        demo.load(refresh, inputs=visitor, outputs=gallery_outputs, api_visibility="private")
+    handlers.uploads = demo.upload_file_set  # the files visitors uploaded, as Gradio records them
+    # Before any visit, the files in Gradio's cache are the page's own (the examples' copies): the
+    # cleanup must spare them, or the examples stop working after DELETE_CACHE's age.
+    for block in demo.blocks.values():
+        if isinstance(block, gr.components.Component):
+            block.keep_in_cache.update(block.temp_files)
     return demo
 
 
@@ -290,6 +384,15 @@ def default_paths() -> tuple[Path, Path]:
     return checkpoint, Path(os.environ.get("SPEAKER_GALLERY") or "gallery")
 
 
+def default_galleries() -> str:
+    """$SPEAKER_GALLERIES if set; else per-visitor galleries on a public Hugging Face Space ($SPACE_ID is set
+    there), one shared gallery elsewhere."""
+    chosen = os.environ.get("SPEAKER_GALLERIES") or ("per-visitor" if os.environ.get("SPACE_ID") else "shared")
+    if chosen not in ("shared", "per-visitor"):
+        raise ValueError(f"SPEAKER_GALLERIES must be 'shared' or 'per-visitor', not {chosen!r}")
+    return chosen
+
+
 def limit_heap_arenas(arenas: int = 2):
     """glibc gives threads their own heaps ("arenas"); a server that answers from a pool of threads
     then keeps growing. Two arenas keep its memory level: after 480 requests under load
@@ -303,19 +406,33 @@ def limit_heap_arenas(arenas: int = 2):
 def main(argv=None) -> int:
     limit_heap_arenas()
     checkpoint, gallery = default_paths()
+    try:
+        galleries = default_galleries()
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", type=Path, default=checkpoint,
                         help=f"model to serve: a checkpoint, or an ONNX export (.onnx) (default: {checkpoint})")
     parser.add_argument("--gallery", type=Path, default=gallery,
-                        help=f"folder of enrolled speakers (default: {gallery})")
+                        help=f"folder of the shared gallery of enrolled speakers (default: {gallery})")
+    parser.add_argument("--galleries", choices=["shared", "per-visitor"], default=galleries,
+                        help="one gallery on disk for every visitor, or one per visitor's session, kept in memory "
+                             "(default: $SPEAKER_GALLERIES, else per-visitor where $SPACE_ID is set, as on Hugging "
+                             "Face Spaces, else shared)")
     args = parser.parse_args(argv)
+    per_visitor = args.galleries == "per-visitor"
     try:
-        recognizer = load_recognizer(args.checkpoint, args.gallery)
+        recognizer = load_recognizer(args.checkpoint, None if per_visitor else args.gallery)
     except (CheckpointError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    for notice in recognizer.gallery.notices if recognizer.gallery is not None else []:
+        print(f"warning: {notice}", file=sys.stderr)
+    uploads = Path(os.environ.setdefault("GRADIO_TEMP_DIR", UPLOADS))
+    uploads.mkdir(mode=0o700, parents=True, exist_ok=True)
     port = os.environ.get("GRADIO_SERVER_PORT")
-    build_demo(recognizer, args.checkpoint).launch(
+    build_demo(recognizer, args.checkpoint, per_visitor).launch(
         server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"), server_port=int(port) if port else None,
         max_file_size=MAX_UPLOAD, head=RAW_MICROPHONE)
     return 0
@@ -326,6 +443,8 @@ if __name__ == "__main__":
 else:
     # Imported by `gradio app.py` or a test: serve the default (or $SPEAKER_CHECKPOINT) model.
     try:
-        demo = build_demo(load_recognizer(*default_paths()), default_paths()[0])
+        _per_visitor = default_galleries() == "per-visitor"
+        _checkpoint, _gallery = default_paths()
+        demo = build_demo(load_recognizer(_checkpoint, None if _per_visitor else _gallery), _checkpoint, _per_visitor)
     except (CheckpointError, ValueError) as error:
         demo = unavailable_demo(str(error))

@@ -4,9 +4,9 @@
 
 In process: the Identify handler (decode, features, model, attention maps, both figures) plus
 Gradio's own post-processing of its outputs (the figures rendered to PNG, the label), timed after
-two warm-up runs. With --url, the same request through a running app with gradio_client
-(adds upload and HTTP). Run it on an otherwise idle machine; it rewrites the `app` section of
-bench/RESULTS.md (`--print-only`: print it only).
+two warm-up runs. With --url, /identify through a running app with gradio_client (upload, HTTP
+and the answer; the page draws the figures in a second event). Run it on an otherwise idle
+machine; it rewrites the `app` section of bench/RESULTS.md (`--print-only`: print it only).
 """
 
 from __future__ import annotations
@@ -31,11 +31,12 @@ SECONDS = 5.0
 RATE = 44100  # what a browser microphone recording arrives as
 
 
-def five_second_clip(folder: Path) -> Path:
+def five_second_clip(folder: Path, gain: float = 1.0, name: str = "five-seconds.wav") -> Path:
+    """The held-out clip looped to 5 s at 44.1 kHz; another gain gives another file of the same speech."""
     wave, rate = sf.read(CLIP, dtype="float32")
     wave = np.tile(wave, int(np.ceil(SECONDS * rate / len(wave))))[: int(SECONDS * rate)]
-    path = folder / "five-seconds.wav"
-    sf.write(path, soxr.resample(wave, rate, RATE), RATE, subtype="PCM_16")
+    path = folder / name
+    sf.write(path, gain * soxr.resample(wave, rate, RATE), RATE, subtype="PCM_16")
     return path
 
 
@@ -74,7 +75,7 @@ def over_http(url: str, clip: Path, runs: int) -> list[float]:
     client = Client(url, verbose=False, analytics_enabled=False, download_files=tempfile.mkdtemp())
 
     def once():
-        client.predict(handle_file(str(clip)), None, 5, 1, 0, api_name="/identify")
+        client.predict(handle_file(str(clip)), None, 5, api_name="/identify")
 
     return timed(once, runs)
 

@@ -1,21 +1,20 @@
 """Self-describing checkpoints: weights plus everything needed to use them.
 
 A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so
-it loads with `torch.load(..., weights_only=True)`: a file carrying a pickled
-program is refused instead of run. Writes are atomic (temporary file, fsync,
-rename) and keep the previous version beside the new one.
+it loads with `torch.load(..., weights_only=True)` (through `files.load_tensor_file`):
+a file carrying a pickled program is refused instead of run. Writes are atomic
+(`files.atomic_write`) and can keep the previous version beside the new one.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from .features import FeatureConfig
+from .files import TensorFileError, atomic_write, load_tensor_file, previous_path
 from .model import ModelConfig, SpeakerModel, build_model
 
 FORMAT_VERSION = 2  # 2: model configs name every architecture choice (1: LEGACY values)
@@ -85,37 +84,6 @@ class Checkpoint:
         return checkpoint
 
 
-def atomic_write(path: str | Path, write, keep_previous: bool = False) -> None:
-    """Call write(file) on a temporary file beside `path`, fsync it and rename it into place:
-    a crash leaves the old or the new version, never half of one. With `keep_previous`, the
-    old version stays as `<path>.prev`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            os.fchmod(handle.fileno(), 0o644)  # mkstemp makes it private; keep the usual mode of a saved file
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        if keep_previous and path.exists():
-            os.replace(path, previous_path(path))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
-
-
-def previous_path(path: str | Path) -> Path:
-    path = Path(path)
-    return path.with_name(path.name + ".prev")
-
-
 def save_checkpoint(checkpoint: Checkpoint, path: str | Path, keep_previous: bool = False) -> None:
     atomic_write(path, lambda handle: torch.save(checkpoint.to_dict(), handle), keep_previous)
 
@@ -142,17 +110,9 @@ def _load(path: Path) -> Checkpoint:
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # pickle.UnpicklingError for unsafe files, RuntimeError for damaged ones
-        # torch's own text on unsafe files explains how to load them anyway: not advice to pass on.
-        message = str(error)
-        if "Unsupported global" in message:
-            reason = "it holds Python objects, not just tensors and plain data (refused: loading it could run code)"
-        elif isinstance(error, EOFError) or "zip" in message.lower() or "EOF" in message or "weights_only" in message:
-            reason = "it is truncated or damaged"
-        else:
-            reason = message.splitlines()[0] if message else type(error).__name__
-        raise CheckpointError(f"cannot load checkpoint {path}: {reason}") from None
+        data = load_tensor_file(path)
+    except TensorFileError as error:
+        raise CheckpointError(f"cannot load checkpoint {path}: {error}") from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{path} is not a speaker checkpoint")
     return Checkpoint.from_dict(data)

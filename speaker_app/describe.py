@@ -11,8 +11,9 @@ from .recognizer import Identification, Match, Recognizer, Verification
 
 
 def markdown_text(text: str) -> str:
-    """Text shown literally inside Markdown: an enrolled name like `[x](y)` stays a name, not a link."""
-    return re.sub(r"([\\`*_{}\[\]()#+\-.!|<>~])", r"\\\1", text)
+    """Text shown literally inside Markdown: an enrolled name like `[x](y)` stays a name, not a link,
+    and `$$x^2$$` stays dollars (the app's Markdown also renders no LaTeX)."""
+    return re.sub(r"([\\`*_{}\[\]()#+\-.!|<>~$])", r"\\\1", text)
 
 
 def display_name(match: Match) -> str:

@@ -25,8 +25,19 @@ from .configs import from_dict
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".aiff", ".aif", ".au")
 
 
+# Natural-log mel power, as `log_mel` makes it, lies between log(log_floor) = -20.7 and about 9
+# for any signal peak-normalised to -3 dBFS (a full-scale square wave; white noise reaches 5). The
+# bounds leave room for other floors and gains; values past them (1e20, or dB instead of
+# natural log) are no log-mel energies, and overflow the model's arithmetic.
+LOG_MEL_RANGE = (-50.0, 50.0)
+
+
 class AudioError(ValueError):
     """Audio that cannot be turned into features (corrupt, unsupported, silent, too short)."""
+
+
+class FeatureError(ValueError):
+    """A feature tensor that is not (T, n_mels) finite log-mel values; the message names it."""
 
 
 @dataclass(frozen=True)
@@ -219,6 +230,37 @@ def features_from_file(path: str | Path, config: FeatureConfig, max_seconds: flo
 
 def features_from_array(wave: np.ndarray, rate: int, config: FeatureConfig) -> torch.Tensor:
     return features_from_wave(to_mono(wave, rate, config.sample_rate), config)
+
+
+def check_features(features, n_mels: int, name: str = "features", max_frames: int | None = None) -> torch.Tensor:
+    """A loaded object -> (T, n_mels) float32 log-mel features, or FeatureError saying what is wrong.
+
+    Checks, in order (cheapest first, none allocating a copy of a large input): a tensor; 2-D with
+    n_mels columns (with a hint when it looks transposed); at most max_frames rows; floating point;
+    finite; within LOG_MEL_RANGE.
+    """
+    expected = f"expected a (T, {n_mels}) tensor"
+    if not isinstance(features, torch.Tensor):
+        raise FeatureError(f"{name} must hold a tensor: {expected}, got {type(features).__name__}")
+    shape = tuple(features.shape)
+    if features.dim() != 2 or shape[1] != n_mels:
+        if features.dim() == 2 and shape[0] == n_mels:
+            raise FeatureError(f"{name}: {expected}, got {shape} (it looks transposed): "
+                               f"2-D, {n_mels} mel bins per frame; save features.T")
+        raise FeatureError(f"{name}: {expected}, got {shape}: 2-D, {n_mels} mel bins per frame")
+    if max_frames is not None and shape[0] > max_frames:
+        raise FeatureError(f"{name} holds {shape[0]:,} frames, over the {max_frames:,} allowed")
+    if not features.dtype.is_floating_point:
+        raise FeatureError(f"{name}: expected floating-point log-mel values, got {features.dtype}")
+    features = features.float()
+    if not torch.isfinite(features).all():
+        raise FeatureError(f"{name} contains NaN or infinite values")
+    low, high = LOG_MEL_RANGE
+    smallest, largest = (float(features.min()), float(features.max())) if features.numel() else (0.0, 0.0)
+    if smallest < low or largest > high:
+        raise FeatureError(f"{name} holds values from {smallest:.3g} to {largest:.3g}: log-mel energies (natural log "
+                           f"of mel power) lie within [{low:g}, {high:g}]")
+    return features
 
 
 def seconds(frames: int, config: FeatureConfig) -> float:

@@ -7,10 +7,14 @@ A source is an audio file (any common format, rate and channel count), a
 feature file (`.pt` holding a (T, 40) float tensor, or `.npy`), a
 `(rate, samples)` pair as Gradio's audio component gives, or a (T, 40) tensor.
 Bad input raises `InputError` with a message meant for the user.
+
+Every use of the model goes through one `Batcher`: requests from several
+threads that wait while the model is busy run together as one batch.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,17 +24,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .batching import Batcher
 from .checkpoint import Checkpoint, load_checkpoint
-from .features import AudioError, features_from_array, read_audio
-from .gallery import Gallery, sanitise_name
-from .inference import CHUNK_FRAMES, infer
+from .features import AudioError, FeatureError, check_features, features_from_array, read_audio
+from .files import TensorFileError, load_tensor_file
+from .gallery import Gallery, NameTaken, name_key, sanitise_name
+from .inference import Inside, infer, infer_explained
 from .scoring import centroid, cosine
 
 FEATURE_SUFFIXES = (".pt", ".npy")
 MIN_AUDIO_SECONDS = 0.3
 MIN_FRAMES = 10  # 0.1 s of speech after silence removal
-MAX_AUDIO_SECONDS = 600.0  # longer audio is cut here (bounded memory), and said so
+MAX_AUDIO_SECONDS = 600.0  # longer audio is cut here (bounded memory), and said so; longer feature files are refused
 DEFAULT_THRESHOLD = 0.5
+MAX_BATCH = 8  # requests the model runs together; their attention maps stay small (8 x 5 s: ~2 MB a layer)
 
 
 class InputError(ValueError):
@@ -85,10 +92,16 @@ class Recognizer:
         calibration = checkpoint.info.get("calibration", {})
         self.threshold = float(calibration.get("threshold", DEFAULT_THRESHOLD))
         self.calibration = calibration
-        self.gallery = Gallery(gallery_path, fingerprint(checkpoint)) if gallery_path else None
         head_weight = getattr(self.model.head, "weight", None)
         # AM-softmax class vectors live in the embedding space: they are the known speakers' prototypes.
         self.prototypes = F.normalize(head_weight.detach(), dim=-1) if head_weight is not None else None
+        self.max_frames = round(MAX_AUDIO_SECONDS / self.features_config.frame_seconds)
+        self.batcher = Batcher(self._run_batch, MAX_BATCH)
+        self.fingerprint = fingerprint(checkpoint)
+        silence = torch.zeros(MIN_FRAMES, self.features_config.n_mels)
+        self.embedding_dim = infer(self.model, [silence]).embeddings.shape[1]  # what gallery entries must have
+        self.gallery = self.new_gallery(gallery_path) if gallery_path else None
+        self._said = {}  # what the model said about itself; shared with with_gallery()'s views
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, gallery_path: str | Path | None = None) -> Recognizer:
@@ -97,6 +110,21 @@ class Recognizer:
     @property
     def speakers(self) -> list[str]:
         return self.checkpoint.speakers
+
+    @property
+    def unexplained(self) -> str | None:
+        """Why this model gives no attention maps or pooling weights (an ONNX export), once it said so."""
+        return self._said.get("unexplained")
+
+    def new_gallery(self, path: str | Path | None = None) -> Gallery:
+        """A gallery for this model: on disk at `path`, or in memory (one visitor's) without one."""
+        return Gallery(path, self.fingerprint, self.embedding_dim)
+
+    def with_gallery(self, gallery: Gallery | None) -> Recognizer:
+        """This recognizer (same model, same batcher) with another gallery: a visitor's own."""
+        view = copy.copy(self)
+        view.gallery = gallery
+        return view
 
     # -- input -------------------------------------------------------------------------------
     def features(self, source) -> tuple[torch.Tensor, list[str]]:
@@ -152,48 +180,85 @@ class Recognizer:
         if seconds < MIN_AUDIO_SECONDS:
             raise InputError(f"{name} is too short: {seconds:.2f} s; record at least {MIN_AUDIO_SECONDS} s")
 
-    @staticmethod
-    def _load_feature_file(path: Path):
+    def _load_feature_file(self, path: Path):
+        """What a .pt or .npy file holds; its declared sizes are checked before anything is unpacked."""
+        n_mels = self.features_config.n_mels
         try:
-            if path.suffix.lower() == ".npy":
-                return torch.from_numpy(np.load(path, allow_pickle=False))
-            return torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:
-            reason = str(error).splitlines()[0][:200] if str(error) else "it is empty or cut short"
-            if "Unsupported global" in str(error):
-                reason = "it holds Python objects, not just a tensor (refused: loading it could run code)"
-            elif "weights_only" in str(error):  # torch's text here is about unsafe loading: the bytes are no pickle
-                reason = "it is damaged or not a tensor file"
-            raise InputError(f"cannot read {path.name}: {reason}") from None
+            # float64 is the widest dtype a feature file might use; anything bigger is not 10 minutes of features.
+            return load_tensor_file(path, max_bytes=self.max_frames * n_mels * 8 + 2**20,
+                                    max_elements=self.max_frames * n_mels)
+        except TensorFileError as error:
+            limit = (f" (feature files hold at most {MAX_AUDIO_SECONDS / 60:g} minutes: {self.max_frames:,} frames "
+                     f"of {n_mels} values)") if error.kind == "size" else ""
+            raise InputError(f"cannot read {path.name}: {error}{limit}") from None
 
     def _check_features(self, features, name: str) -> torch.Tensor:
-        n_mels = self.features_config.n_mels
-        if not isinstance(features, torch.Tensor):
-            raise InputError(f"{name} must hold a tensor, found {type(features).__name__}")
-        if features.dim() != 2:
-            raise InputError(f"{name} must be a 2-D (T, {n_mels}) tensor, got shape {tuple(features.shape)}")
-        if features.shape[1] != n_mels:
-            hint = " (it looks transposed: save features.T)" if features.shape[0] == n_mels else ""
-            raise InputError(f"{name} must have {n_mels} mel bins per frame (T, {n_mels}), "
-                             f"got shape {tuple(features.shape)}{hint}")
-        if not features.dtype.is_floating_point:
-            raise InputError(f"{name} must hold floating-point log-mel values, got {features.dtype}")
-        if not torch.isfinite(features).all():
-            raise InputError(f"{name} contains NaN or infinite values")
-        return features.float()
+        try:
+            return check_features(features, self.features_config.n_mels, name, self.max_frames)
+        except FeatureError as error:
+            raise InputError(str(error)) from None
 
     # -- inference ---------------------------------------------------------------------------
+    def _run_batch(self, jobs: list[tuple[torch.Tensor, bool]]) -> list[tuple]:
+        """The batcher's work: (features, explain) jobs -> (unit embedding (E,), logits (C,), Inside or None)."""
+        results = [None] * len(jobs)
+        for explain in (True, False):
+            chosen = [i for i, (_, wanted) in enumerate(jobs) if wanted == explain]
+            if not chosen:
+                continue
+            utterances = [jobs[i][0] for i in chosen]
+            if explain:
+                try:
+                    outputs, insides = infer_explained(self.model, utterances)
+                except NotImplementedError as error:  # a model without intermediates (an ONNX export)
+                    self._said["unexplained"] = str(error)
+                    outputs, insides = infer(self.model, utterances), [None] * len(chosen)
+            else:
+                outputs, insides = infer(self.model, utterances), [None] * len(chosen)
+            for row, i in enumerate(chosen):
+                results[i] = (outputs.embeddings[row], outputs.logits[row], insides[row])
+        return results
+
+    def _outputs(self, features: torch.Tensor, explain: bool = False):
+        """One utterance through the model, batched with whatever else is waiting for it."""
+        embedding, logits, inside = self.batcher((features, explain))
+        if not (torch.isfinite(embedding).all() and torch.isfinite(logits).all()):
+            raise InputError("the model cannot score this input: its output is not finite")
+        return embedding, logits, inside
+
     def embed(self, source) -> torch.Tensor:
         """A unit-norm (E,) embedding."""
         features, _ = self.features(source)
-        return infer(self.model, [features]).embeddings[0]
+        return self._outputs(features)[0]
 
     def identify(self, source, top_k: int = 5) -> Identification:
+        return self._identify(source, top_k, explain=False)[0]
+
+    def identify_explained(self, source, top_k: int = 5) -> tuple[Identification, Explanation]:
+        """The identification and what the model looked at, from one forward pass (see infer_explained)."""
+        return self._identify(source, top_k, explain=True)
+
+    def explain(self, source) -> Explanation:
+        """Attention maps and pooling weights of the first 15 s."""
+        return self._identify(source, 1, explain=True)[1]
+
+    def _identify(self, source, top_k: int, explain: bool) -> tuple[Identification, Explanation | None]:
         features, notes = self.features(source)
-        outputs = infer(self.model, [features])
-        embedding = outputs.embeddings[0]
+        embedding, logits, inside = self._outputs(features, explain)
+        seconds = len(features) * self.features_config.frame_seconds
+        result = self.decide(embedding, logits, seconds, notes, top_k)
+        if inside is None:
+            if explain and self.unexplained:
+                result.notes.append(self.unexplained)
+            return result, None
+        step = inside.frame_step * self.features_config.frame_seconds
+        return result, Explanation(features[: inside.frames], inside.attention, inside.pooling, step,
+                                   len(features) > inside.frames)
+
+    def decide(self, embedding: torch.Tensor, logits: torch.Tensor, seconds: float, notes: list[str],
+               top_k: int = 5) -> Identification:
+        """One utterance's (E,) unit embedding and (C,) logits -> the top-k and the open-set answer."""
         names, enrolled = self._enrolled()
-        logits = outputs.logits[0]
         scores = cosine(embedding[None], self.prototypes)[0] if self.prototypes is not None else None
         if enrolled is not None:
             enrolled_scores = cosine(embedding[None], enrolled)[0]
@@ -213,17 +278,7 @@ class Recognizer:
         if scores is not None:
             nearest = match(int(scores.argmax()))
             best = nearest if nearest.score >= self.threshold else None
-        seconds = len(features) * self.features_config.frame_seconds
         return Identification([match(i) for i in order], best, self.threshold, seconds, notes)
-
-    def explain(self, source, max_frames: int = CHUNK_FRAMES // 2) -> Explanation:
-        """Attention maps and pooling weights of the first `max_frames` frames (15 s by default)."""
-        features, _ = self.features(source)
-        shown = features[:max_frames]
-        with torch.no_grad():
-            out = self.model.forward_intermediates(shown[None], torch.tensor([len(shown)]))
-        step = out.frame_step * self.features_config.frame_seconds
-        return Explanation(shown, [a[0] for a in out.attention], out.pooling[0], step, len(features) > max_frames)
 
     def verify(self, first, second) -> Verification:
         score = float(cosine(self.embed(first)[None], self.embed(second)[None])[0, 0])
@@ -235,8 +290,12 @@ class Recognizer:
             return [], None
         return self.gallery.embeddings()
 
-    def enroll(self, name: str, sources: list) -> str:
-        """Store the mean embedding of 1-5 clips under `name`; returns the stored (sanitised) name."""
+    def enroll(self, name: str, sources: list, replace: bool = False) -> str:
+        """Store the mean embedding of 1-5 clips under `name`; returns the stored (sanitised) name.
+
+        A name already enrolled (up to case and spaces) raises InputError unless `replace`; of two
+        enrollments of one name at the same time, one wins and the other is told the name is taken.
+        """
         if self.gallery is None:
             raise InputError("this recognizer has no gallery to enroll into")
         sources = [s for s in sources if s is not None]
@@ -246,10 +305,22 @@ class Recognizer:
             clean = sanitise_name(name)
         except ValueError as error:
             raise InputError(str(error)) from None
-        if clean in {sanitise_name(s) for s in self.speakers}:
+        if name_key(clean) in {name_key(s) for s in self.speakers}:
             raise InputError(f"{clean!r} is already one of the model's speakers; choose another name")
+        if not replace and (stored := self.gallery.find(clean)) is not None:
+            raise InputError(_taken(stored))
         embeddings = torch.stack([self.embed(s) for s in sources])
-        return self.gallery.add(clean, centroid(embeddings), len(sources))
+        try:
+            return self.gallery.add(clean, centroid(embeddings), len(sources), replace=replace)
+        except NameTaken as taken:  # enrolled by someone else while these clips were embedded
+            raise InputError(_taken(taken.name)) from None
+        except ValueError as error:  # a voiceprint the gallery refuses (e.g. clips that cancel out)
+            raise InputError(f"cannot enroll {clean!r}: {error}") from None
 
-    def forget(self, name: str) -> bool:
-        return self.gallery is not None and self.gallery.remove(name)
+    def forget(self, name: str) -> str | None:
+        """Delete an enrolled speaker (matched up to case and spaces); the name deleted, or None."""
+        return self.gallery.remove(name) if self.gallery is not None else None
+
+
+def _taken(name: str) -> str:
+    return f"{name!r} is already enrolled; to replace that voiceprint, enroll again with replace chosen"

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from bench.load import start_app, stop_app
+from tests.helpers import start_app, stop_app
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEECH = Path(os.environ.get("SPEECH_DIR", ROOT.parent / "shared" / "speech"))

@@ -192,8 +192,8 @@ def test_enroll_identify_list_and_delete(handlers, speech_dir):
     assert [row[:2] for row in rows] == [["June again", 3]] and menu.choices == [("June again", "June again")]
     label, verdict, *_ = handlers.identify(str(JUNE), None, 5)
     assert "June again (enrolled)" in list(label)[:2] and "asterisk/june" in list(label)[:2]
-    message, rows, _ = handlers.enroll("June again", clips[:1])
-    assert message.startswith("Updated") and rows[0][1] == 1
+    message, rows, _ = handlers.enroll("June again", clips[:1], replace=True)
+    assert message.startswith("Replaced") and rows[0][1] == 1
     # Enrollment survives a restart: a new recognizer on the same gallery file sees it.
     again = app.Handlers(Recognizer(handlers.recognizer.checkpoint, handlers.recognizer.gallery.path))
     assert again.gallery()[0][0][0] == "June again"

@@ -22,9 +22,8 @@ def client(app_server, tmp_path_factory):
 
 
 def identify(client, audio=None, features=None, top_k=3):
-    label, verdict, *_ = client.predict(handle_file(str(audio)) if audio else None,
-                                        handle_file(str(features)) if features else None,
-                                        top_k, 1, 0, api_name="/identify")
+    label, verdict = client.predict(handle_file(str(audio)) if audio else None,
+                                    handle_file(str(features)) if features else None, top_k, api_name="/identify")
     return [c["label"] for c in label["confidences"]], verdict
 
 

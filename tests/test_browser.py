@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import soundfile as sf
+import torch
 
 from tests.conftest import ROOT
 
@@ -73,3 +74,85 @@ def test_microphone_recording_is_identified(page):
     page.screenshot(path=SCREENSHOTS / "identify-microphone.png", full_page=True)
     seconds = float(page.locator("#verdict").inner_text().split("Analysed ")[1].split(" s of speech")[0])
     assert seconds >= 3  # the recording reached the model, not a fragment of it
+
+
+# -- per-visitor galleries (issue 14): one browser context cannot see or delete another's speakers --
+@pytest.fixture(scope="module")
+def visitors_app(tmp_path_factory):
+    """A tiny untrained model served with `--galleries per-visitor`, and a feature file to enroll."""
+    from speaker_app.checkpoint import save_checkpoint
+    from tests.helpers import start_app, stop_app
+    from tests.test_reliability_files import tiny
+
+    folder = tmp_path_factory.mktemp("visitors")
+    save_checkpoint(tiny(), folder / "tiny.pt")
+    torch.save(torch.randn(150, 40) - 5, folder / "voice.pt")
+    process, url = start_app(folder / "tiny.pt", folder, "--galleries", "per-visitor")
+    try:
+        yield url, folder / "voice.pt"
+    finally:
+        stop_app(process)
+
+
+def visit_enroll_tab(browser, url):
+    context = browser.new_context(viewport={"width": 1280, "height": 1400})
+    page = context.new_page()
+    page.goto(url)
+    page.get_by_role("tab", name="Enroll").click()
+    sync_api.expect(page.get_by_role("button", name="Enroll", exact=True)).to_be_visible(timeout=60_000)
+    return context, page
+
+
+def enroll(page, name, clip):
+    page.locator("#enroll-name input").fill(name)
+    page.locator("#enroll-clips input[type=file]").set_input_files(str(clip))
+    sync_api.expect(page.locator("#enroll-clips")).to_contain_text(clip.name, timeout=60_000)  # uploaded
+    page.get_by_role("button", name="Enroll", exact=True).click()
+
+
+def test_visitors_cannot_see_or_delete_each_others_speakers(browser, visitors_app):
+    url, voice = visitors_app
+    first, ann = visit_enroll_tab(browser, url)
+    second, bob = visit_enroll_tab(browser, url)
+    try:
+        enroll(ann, "Ann", voice)
+        sync_api.expect(ann.locator("#enroll-message")).to_contain_text("Enrolled Ann from 1 clip", timeout=60_000)
+        sync_api.expect(ann.locator("#enrolled-table")).to_contain_text("Ann")
+        bob.reload()  # another visitor's page, opened after Ann was enrolled
+        bob.get_by_role("tab", name="Enroll").click()
+        sync_api.expect(bob.get_by_role("button", name="Delete")).to_be_visible(timeout=60_000)
+        assert "Ann" not in bob.locator("#enrolled-table").inner_text()
+        menu = bob.locator("#enrolled-menu input")
+        menu.fill("Ann")
+        menu.press("Enter")
+        bob.get_by_role("button", name="Delete").click()
+        sync_api.expect(bob.locator("#enroll-message")).to_have_text("Ann is not enrolled.", timeout=60_000)
+        bob.screenshot(path=SCREENSHOTS / "visitors-another.png", full_page=True)
+        sync_api.expect(ann.locator("#enrolled-table")).to_contain_text("Ann")  # still there for its visitor
+        ann.get_by_role("button", name="Delete").click()
+        sync_api.expect(ann.locator("#enroll-message")).to_have_text("Deleted Ann.", timeout=60_000)
+    finally:
+        first.close()
+        second.close()
+
+
+def test_names_show_as_plain_text_and_a_refusal_marks_only_its_message(browser, visitors_app):
+    url, voice = visitors_app
+    context, page = visit_enroll_tab(browser, url)
+    try:
+        enroll(page, "$$x^2$$", voice)
+        message = page.locator("#enroll-message")
+        sync_api.expect(message).to_contain_text("Enrolled $$x^2$$ from 1 clip", timeout=60_000)
+        assert page.locator(".katex").count() == 0  # no formula anywhere on the page
+        sync_api.expect(page.locator("#enrolled-table")).to_contain_text("$$x^2$$")
+        enroll(page, "$$X^2$$", voice)  # the same name up to case: refused, the page asks to replace
+        sync_api.expect(page.get_by_text("is already enrolled")).to_be_visible(timeout=60_000)
+        page.screenshot(path=SCREENSHOTS / "enroll-refused.png", full_page=True)
+        for element in ("#enrolled-table", "#enrolled-menu"):
+            assert page.locator(element).get_by_text("Error", exact=True).count() == 0, element
+        page.locator("#enroll-replace input").check()  # the clips stay for the second try
+        page.get_by_role("button", name="Enroll", exact=True).click()
+        sync_api.expect(message).to_contain_text("Replaced $$X^2$$ from 1 clip", timeout=60_000)
+        sync_api.expect(page.locator("#enrolled-table")).not_to_contain_text("$$x^2$$")
+    finally:
+        context.close()

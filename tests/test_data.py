@@ -1,4 +1,5 @@
 import json
+import re
 
 import numpy as np
 import pytest
@@ -156,3 +157,12 @@ def test_equal_error_rate():
     eer, threshold = equal_error_rate(scores, same)
     assert eer == pytest.approx(0.25) and 0.5 < threshold < 0.7
     assert equal_error_rate(scores, scores > 0.55)[0] == 0.0
+
+
+@pytest.mark.parametrize("value, message", [(1e30, "holds values from 1e+30 to 1e+30: log-mel energies"),
+                                            (float("nan"), "contains NaN or infinite values")])
+def test_training_refuses_features_that_are_no_log_mels(tmp_path, value, message):
+    """The same check as the app's (speaker_app.features.check_features), as a DataError naming the file."""
+    torch.save(torch.full((30, 40), value), tmp_path / "uttr-x.pt")
+    with pytest.raises(DataError, match=re.escape(f"uttr-x.pt {message}")):
+        load_features(tmp_path / "uttr-x.pt", 40)

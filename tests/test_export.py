@@ -17,7 +17,6 @@ import torch
 from gradio_client import Client, handle_file
 
 import app
-from bench.load import start_app, stop_app
 from speaker_app.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from speaker_app.features import FeatureConfig, features_from_file
 from speaker_app.inference import infer
@@ -25,6 +24,7 @@ from speaker_app.model import ModelConfig, build_model
 from speaker_app.onnx_model import OnnxCheckpoint
 from speaker_app.recognizer import Recognizer
 from tests.conftest import EXAMPLES
+from tests.helpers import start_app, stop_app
 from training import export
 
 LENGTHS = (37, 400, 1500)
@@ -168,7 +168,7 @@ def test_app_server_answers_the_example_with_the_onnx_file(exported, tmp_path):
     process, url = start_app(exported, tmp_path)
     try:
         client = Client(url, verbose=False, analytics_enabled=False, download_files=str(tmp_path / "downloads"))
-        label, verdict, *_ = client.predict(handle_file(str(ALLISON)), None, 3, 1, 0, api_name="/identify")
+        label, verdict = client.predict(handle_file(str(ALLISON)), None, 3, api_name="/identify")
     finally:
         stop_app(process)
     assert label["label"] == "asterisk/allison" and "not shown" in verdict

@@ -107,8 +107,8 @@ def test_names_that_look_like_paths_stay_names(recognizer, tmp_path):
     assert recognizer.enroll(" . ./ann", clip) == "ann"
     with pytest.raises(InputError, match="at most 64 characters, got 500"):
         recognizer.enroll("é" * 500, clip)
-    # Names are keys inside the one gallery file, never parts of a path.
-    assert sorted(p.name for p in tmp_path.rglob("*")) == ["gallery.json"]
+    # Names are keys inside the one gallery file (and its previous copy), never parts of a path.
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["gallery.json", "gallery.json.prev"]
     stored = json.loads((tmp_path / "gallery.json").read_text())["speakers"]
     assert sorted(stored) == ["ann", "etc passwd", "gallery.json"]
 

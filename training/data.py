@@ -19,6 +19,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from speaker_app.features import FeatureError, check_features
+from speaker_app.files import TensorFileError, load_tensor_file
+
 # Independent random streams of one training step (see step_generator).
 BATCH, AUGMENT, DROPOUT = 0, 1, 2
 
@@ -111,22 +114,14 @@ def split_utterances(utterances: list[Utterance], fraction: float, seed: int):
 
 def load_features(path: Path, n_mels: int) -> torch.Tensor:
     """A (T, n_mels) float tensor from a .pt file, loaded without running pickled code."""
+    if not path.is_file():
+        raise DataError(f"missing feature file {path}")
     try:
-        features = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise DataError(f"missing feature file {path}") from None
-    except Exception as error:
-        raise DataError(f"cannot load {path.name}: {str(error).splitlines()[0]}") from None
-    if not isinstance(features, torch.Tensor) or features.dim() != 2 or features.shape[1] != n_mels:
-        shape = tuple(features.shape) if isinstance(features, torch.Tensor) else type(features).__name__
-        transposed = isinstance(features, torch.Tensor) and features.dim() == 2 and features.shape[0] == n_mels
-        raise DataError(f"{path.name}: expected a (T, {n_mels}) tensor, got {shape}"
-                        + (" (it looks transposed)" if transposed else ""))
-    if not features.dtype.is_floating_point:
-        raise DataError(f"{path.name}: expected floating-point log-mel values, got {features.dtype}")
-    if not torch.isfinite(features).all():
-        raise DataError(f"{path.name} contains NaN or infinite values")
-    return features.float()
+        return check_features(load_tensor_file(path), n_mels, path.name)
+    except TensorFileError as error:
+        raise DataError(f"cannot load {path.name}: {error}") from None
+    except FeatureError as error:
+        raise DataError(str(error)) from None
 
 
 class FeatureBank:

@@ -37,7 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from speaker_app.checkpoint import Checkpoint, CheckpointError, atomic_write, load_checkpoint
+from speaker_app.checkpoint import Checkpoint, CheckpointError, load_checkpoint
+from speaker_app.files import atomic_write
 
 FORMAT_VERSION = 1
 INPUTS = ["features", "lengths"]

@@ -22,8 +22,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from speaker_app.checkpoint import Checkpoint, atomic_write, save_checkpoint
+from speaker_app.checkpoint import Checkpoint, save_checkpoint
 from speaker_app.features import FeatureConfig
+from speaker_app.files import atomic_write
 from speaker_app.inference import length_batches
 from speaker_app.model import SpeakerModel
 

@@ -17,7 +17,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from speaker_app.checkpoint import CheckpointError, atomic_write, load_checkpoint
+from speaker_app.checkpoint import CheckpointError, load_checkpoint
+from speaker_app.files import atomic_write
 from speaker_app.inference import infer
 
 from .data import DataError, load_features, read_speakers, read_test

@@ -32,9 +32,9 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from speaker_app.checkpoint import atomic_write
 from speaker_app.features import AUDIO_SUFFIXES, AudioError, FeatureConfig, features_from_file, features_from_wave, \
     read_audio, speed_perturb
+from speaker_app.files import atomic_write
 
 from .data import stratified_split
 
