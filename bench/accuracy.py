@@ -33,13 +33,12 @@ from speaker_app.inference import infer
 from training.evaluate import accuracy, labelled_from_data, pair_verification
 
 from . import common
-from .ecapa import load_ecapa
 
 # name -> (run folder, module to run, extra flags)
 MODELS = {
     "Conformer (ours)": ("conformer", "training.train", []),
     "course baseline": ("baseline", "training.train", ["--model", "baseline"]),
-    "ECAPA-TDNN": ("ecapa", "bench.ecapa", []),
+    "ECAPA-TDNN": ("ecapa", "training.train", ["--model", "ecapa"]),
 }
 # 3 models x 2 seeds within 30 minutes on this 2-core CPU: at 350 steps one seed took 16.5 min
 # (ECAPA-TDNN 677 s, the Conformer 220 s, the baseline 68 s), so two took about 33; 250 fits.
@@ -56,9 +55,19 @@ def run(args: list[str], log: Path) -> float:
     return time.perf_counter() - started
 
 
-def score(run_dir: Path, data: Path, ecapa: bool) -> dict:
+def prepared(speech: Path, work: Path) -> Path:
+    """`speech` prepared in `work`/data (20 % of each speaker's clips held out, split seed 0), once."""
+    data = work / "data"
+    if not (data / "test_labels.csv").exists():
+        work.mkdir(parents=True, exist_ok=True)
+        run(["-m", "training.prepare", str(speech), str(data), "--test-fraction", "0.2", "--seed", "0", "--quiet"],
+            work / "prepare.log")
+    return data
+
+
+def score(run_dir: Path, data: Path) -> dict:
     checkpoint = load_checkpoint(run_dir / "best.pt")
-    model = load_ecapa(checkpoint) if ecapa else checkpoint.build_model()
+    model = checkpoint.build_model()
     _, rows = labelled_from_data(data, checkpoint, progress=False, split="test")
     names, _, features = zip(*rows)
     outputs = infer(model, list(features))
@@ -137,9 +146,7 @@ def main(argv=None) -> int:
     data, runs = work / "data", work / "runs"
     runs.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    if not (data / "test_labels.csv").exists():
-        run(["-m", "training.prepare", str(args.speech), str(data), "--test-fraction", "0.2", "--seed", "0", "--quiet"],
-            work / "prepare.log")
+    prepared(args.speech, work)
     results = {}
     for seed, (name, (slug, module, flags)) in itertools.product(args.seeds, MODELS.items()):
         out = runs / f"{slug}-seed{seed}"
@@ -147,7 +154,7 @@ def main(argv=None) -> int:
         wall = run(["-m", module, "--data", str(data), "--out", str(out), "--steps", str(args.steps),
                     "--seed", str(seed), "--set", f"warmup_steps={max(1, args.steps // 10)}", "--no-progress",
                     *flags], out.with_suffix(".log"))
-        results[name, seed] = {**score(out, data, module == "bench.ecapa"), "wall_s": wall}
+        results[name, seed] = {**score(out, data), "wall_s": wall}
         r = results[name, seed]
         print(f"  {wall:.0f} s, top-1 {r['top1']:.4f}, top-5 {r['top5']:.4f}, EER {r['eer']:.4f}", flush=True)
     config = json.loads((out / "config.json").read_text())

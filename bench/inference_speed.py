@@ -55,13 +55,10 @@ def resident_mb() -> float:
 
 
 def build(kind: str):
+    from speaker_app.ecapa import ecapa_config
     from speaker_app.model import ModelConfig, build_model
 
-    if kind == "ecapa":
-        from .ecapa import EcapaSpeaker
-
-        return EcapaSpeaker(ModelConfig(), N_SPEAKERS).eval()
-    return build_model(ModelConfig(), N_SPEAKERS).eval()
+    return build_model(ecapa_config() if kind == "ecapa" else ModelConfig(), N_SPEAKERS).eval()
 
 
 def measure(kind: str, threads: int, seconds: float, repeats: int, root: Path) -> dict:

@@ -93,7 +93,7 @@ def head_memory(n_classes: int) -> dict:
     """Bytes of the model and of its AM-softmax head after one AdamW step (weights, gradient, 2 moments)."""
     from speaker_app.model import ModelConfig, build_model
     from training.config import TrainConfig
-    from training.train import make_optimizer
+    from training.loop import make_optimizer
 
     config = TrainConfig(model=ModelConfig(**json.loads(COURSE.read_text())["model"]))
     model = build_model(config.model, n_classes)
@@ -115,7 +115,7 @@ def step_time(n_classes: int, steps: int) -> float:
     from speaker_app.model import ModelConfig, build_model
     from training.augment import AugmentConfig, Augmenter
     from training.config import TrainConfig
-    from training.train import make_optimizer, make_schedule, train_step
+    from training.loop import make_optimizer, make_schedule, train_step
 
     course = json.loads(COURSE.read_text())
     config = TrainConfig(model=ModelConfig(**course["model"]), augment=AugmentConfig(**course["augment"]))

@@ -30,12 +30,13 @@ import torch
 from speaker_app.features import FeatureConfig
 from speaker_app.model import ModelConfig, build_model
 from training.augment import Augmenter
-from training.config import TrainConfig, from_dict
+from speaker_app.configs import from_dict
+from speaker_app.ecapa import ecapa_config
+from training.config import TrainConfig
 from training.data import FeatureBank, Utterance, crop_batches
-from training.train import make_optimizer, make_schedule, train_step
+from training.loop import make_optimizer, make_schedule, train_step
 
 from . import common
-from .ecapa import build_ecapa
 
 COURSE_STEPS = 70_000
 N_SPEAKERS = 600  # the course data set's
@@ -51,7 +52,7 @@ def settings() -> dict[str, tuple[TrainConfig, Callable]]:
     return {
         "Conformer (ours, default config)": (sample, build_model),
         "course baseline": (replace(sample, model=ModelConfig.baseline()), build_model),
-        "ECAPA-TDNN (264 channels)": (sample, build_ecapa),
+        "ECAPA-TDNN (264 channels)": (replace(sample, model=ecapa_config()), build_model),
         "Conformer (ours, configs/course.json)": (course, build_model),
     }
 
@@ -112,7 +113,7 @@ def report(results: list[dict], configs: dict, n: int, bank: FeatureBank, second
     for r in results:
         c, builder = configs[r["name"]]
         m = c.model
-        shape = ("TDNN, 3 SE-Res2Net blocks" if builder is build_ecapa
+        shape = ("TDNN, 3 SE-Res2Net blocks" if m.kind == "ecapa"
                  else f"d{m.d_model} x {m.n_layers} layers, subsample {m.subsample}" if m.kind == "conformer"
                  else f"d{m.d_model} x 1 layer")
         if "steps_per_s" in r:

@@ -18,7 +18,7 @@ import torch
 from .features import FeatureConfig
 from .model import ModelConfig, SpeakerModel, build_model
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: model configs name every architecture choice (1: LEGACY values)
 
 
 class CheckpointError(RuntimeError):
@@ -69,11 +69,12 @@ class Checkpoint:
         missing = {"model_config", "feature_config", "speakers", "state_dict"} - set(data)
         if missing:
             raise CheckpointError(f"not a speaker checkpoint: missing {sorted(missing)}")
-        if data.get("format_version", 1) > FORMAT_VERSION:
-            raise CheckpointError(f"checkpoint format {data['format_version']} is newer than this code ({FORMAT_VERSION})")
+        version = data.get("format_version", 1)
+        if version > FORMAT_VERSION:
+            raise CheckpointError(f"checkpoint format {version} is newer than this code ({FORMAT_VERSION})")
         try:
             checkpoint = cls(
-                model_config=ModelConfig.from_dict(data["model_config"]),
+                model_config=ModelConfig.from_dict(data["model_config"], legacy=version < 2),
                 feature_config=FeatureConfig.from_dict(data["feature_config"]),
                 speakers=list(data["speakers"]), state_dict=data["state_dict"],
                 step=int(data.get("step", 0)), metrics=dict(data.get("metrics", {})),

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +19,8 @@ import soundfile as sf
 import soxr
 import torch
 import torchaudio
+
+from .configs import from_dict
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".mp3", ".aiff", ".aif", ".au")
 
@@ -56,11 +58,7 @@ class FeatureConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> FeatureConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown feature config keys: {sorted(unknown)}")
-        return cls(**data)
+        return from_dict(cls, data)
 
 
 def read_audio(path: str | Path, sample_rate: int, max_seconds: float | None = None,
@@ -115,6 +113,12 @@ def to_mono(wave: np.ndarray, rate: int, sample_rate: int) -> np.ndarray:
     if rate != sample_rate and wave.size:
         wave = soxr.resample(wave, rate, sample_rate, quality="HQ").astype(np.float32, copy=False)
     return wave
+
+
+def speed_perturb(wave: np.ndarray, factor: float, sample_rate: int) -> np.ndarray:
+    """Play `wave` `factor` times faster, tempo and pitch together (sox `speed`): resampled as if
+    it had been recorded at `factor * sample_rate`."""
+    return soxr.resample(wave, factor * sample_rate, sample_rate, quality="HQ").astype(np.float32, copy=False)
 
 
 def peak_normalise(wave: np.ndarray, level_db: float) -> np.ndarray:

@@ -1,28 +1,40 @@
 """Speaker classifiers on (B, T, n_mels) log-mel features.
 
-Reads top-down: the parts (feed-forward, self-attention, convolution module,
-Conformer block, attentive pooling, margin head), then `ModelConfig`, then the
-networks: `SpeakerConformer` and the course's sample `BaselineTransformer`.
+Reads top-down: the parts (feed-forward, rotary positions, self-attention,
+mask-aware batch norm, convolution module, front ends, Conformer block,
+attentive pooling, margin heads), then `ModelConfig`, then the networks
+(`SpeakerConformer`, the course's sample `BaselineTransformer`) and the
+registry that builds them by `ModelConfig.kind`.
 
-Lengths travel with the features: padding is masked in attention, in the
-depthwise convolution and in the pooling softmax, so a padded batch gives the
-same outputs as one utterance at a time.
+Lengths travel with the features: padding is masked in the front end, in
+attention, in the depthwise convolution, in batch-norm statistics and in the
+pooling softmax, so a padded batch gives the same outputs as one utterance at
+a time.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
-from typing import NamedTuple
+from dataclasses import asdict, dataclass
+from typing import Callable, NamedTuple
 
 import torch
+import torch.distributed as dist
+import torch.distributed.nn.functional as dist_nn
 import torch.nn.functional as F
 from torch import nn
+
+from .configs import from_dict
 
 
 def padding_mask(lengths: torch.Tensor, max_len: int) -> torch.Tensor:
     """(B,) lengths -> (B, T) bool, True on real frames."""
     return torch.arange(max_len, device=lengths.device)[None, :] < lengths[:, None]
+
+
+def strided_lengths(lengths: torch.Tensor, stride: int) -> torch.Tensor:
+    """Frames left by a kernel-3, padding-1 convolution of this stride."""
+    return (lengths - 1) // stride + 1
 
 
 class FeedForward(nn.Module):
@@ -39,10 +51,21 @@ class FeedForward(nn.Module):
         return self.net(x)
 
 
-class SelfAttention(nn.Module):
-    """Multi-head self-attention over (B, T, D) with a key padding mask."""
+def rotate(x: torch.Tensor) -> torch.Tensor:
+    """Rotary position embedding (Su et al. 2021) of (B, H, T, Dh) queries or keys, position = frame index.
+    Positions count from the first frame, so padding at the end changes nothing."""
+    T, half = x.shape[-2], x.shape[-1] // 2
+    frequencies = 10000 ** (-torch.arange(half, device=x.device, dtype=torch.float32) / half)
+    angles = torch.arange(T, device=x.device, dtype=torch.float32)[:, None] * frequencies  # (T, Dh/2)
+    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+    first, second = x[..., :half], x[..., half:2 * half]
+    return torch.cat([first * cos - second * sin, first * sin + second * cos, x[..., 2 * half:]], dim=-1)
 
-    def __init__(self, dim: int, n_heads: int, dropout: float):
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention over (B, T, D) with a key padding mask, optionally rotary positions."""
+
+    def __init__(self, dim: int, n_heads: int, dropout: float, rotary: bool = False):
         super().__init__()
         if dim % n_heads:
             raise ValueError(f"d_model ({dim}) must be divisible by n_heads ({n_heads})")
@@ -50,11 +73,14 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)
         self.out = nn.Linear(dim, dim)
         self.dropout = dropout
+        self.rotary = rotary
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor, return_weights: bool = False):
         """x (B, T, D), mask (B, T) -> (B, T, D), and (B, H, T, T) weights if asked."""
         B, T, D = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)
+        if self.rotary:
+            q, k = rotate(q), rotate(k)
         keys = mask[:, None, None, :]  # (B, 1, 1, T): no query attends to padding
         if return_weights:
             scores = (q @ k.transpose(-2, -1)) / math.sqrt(D // self.n_heads)
@@ -68,21 +94,53 @@ class SelfAttention(nn.Module):
         return self.out(y), weights
 
 
+def all_processes(total: torch.Tensor) -> torch.Tensor:
+    """Sum over the processes of a distributed run (differentiably), so that batch statistics are
+    those of the global batch at any number of processes; the identity in a single process."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        return dist_nn.all_reduce(total)
+    return total
+
+
+class MaskedBatchNorm(nn.BatchNorm1d):
+    """BatchNorm over the real frames of (B, T, D): padding neither enters the statistics nor
+    changes with them, and under DDP the statistics are the global batch's (as SyncBatchNorm).
+    In eval mode it is the usual per-channel affine map of the running statistics."""
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return super().forward(x.transpose(1, 2)).transpose(1, 2)
+        real = mask[..., None].float()  # (B, T, 1); statistics in float32 whatever the autocast dtype
+        x32 = x.float()
+        totals = all_processes(torch.cat([(x32 * real).sum((0, 1)), real.sum()[None]]))
+        n = totals[-1]
+        mean = totals[:-1] / n  # (D,)
+        var = all_processes(((x32 - mean).square() * real).sum((0, 1))) / n
+        with torch.no_grad():
+            self.running_mean.lerp_(mean, self.momentum)
+            self.running_var.lerp_(var * n / (n - 1).clamp(min=1), self.momentum)
+            self.num_batches_tracked += 1
+        y = (x32 - mean) * torch.rsqrt(var + self.eps) * self.weight + self.bias
+        return y.to(x.dtype)
+
+
 class ConvModule(nn.Module):
-    """Pointwise conv + GLU, depthwise conv, norm, Swish, pointwise conv.
+    """Pointwise conv + GLU, depthwise conv, norm, Swish, pointwise conv (Gulati et al. 2020).
 
     Padding is zeroed before the depthwise convolution so it cannot leak into
-    real frames; LayerNorm (not BatchNorm) keeps each utterance independent.
+    real frames. The norm after it is LayerNorm or, as in the paper, BatchNorm
+    (mask-aware, statistics of real frames only).
     """
 
-    def __init__(self, dim: int, kernel_size: int, dropout: float):
+    def __init__(self, dim: int, kernel_size: int, dropout: float, norm: str = "layer"):
         super().__init__()
         if kernel_size % 2 == 0:
             raise ValueError(f"conv_kernel must be odd, got {kernel_size}")
         self.norm = nn.LayerNorm(dim)
         self.pointwise_in = nn.Linear(dim, 2 * dim)
         self.depthwise = nn.Conv1d(dim, dim, kernel_size, padding=kernel_size // 2, groups=dim)
-        self.depthwise_norm = nn.LayerNorm(dim)
+        self.batch_norm = norm == "batch"
+        self.depthwise_norm = MaskedBatchNorm(dim) if self.batch_norm else nn.LayerNorm(dim)
         self.pointwise_out = nn.Linear(dim, dim)
         self.dropout = nn.Dropout(dropout)
 
@@ -90,8 +148,13 @@ class ConvModule(nn.Module):
         x = F.glu(self.pointwise_in(self.norm(x)), dim=-1)  # (B, T, D)
         x = x.masked_fill(~mask[..., None], 0.0)
         x = self.depthwise(x.transpose(1, 2)).transpose(1, 2)  # (B, D, T) for Conv1d
-        x = self.pointwise_out(F.silu(self.depthwise_norm(x)))
-        return self.dropout(x)
+        x = self.depthwise_norm(x, mask) if self.batch_norm else self.depthwise_norm(x)
+        return self.dropout(self.pointwise_out(F.silu(x)))
+
+
+def time_strides(factor: int) -> list[int]:
+    """Two convolution layers whose time strides multiply to `factor` (1, 2 or 4)."""
+    return {1: [1, 1], 2: [2, 1], 4: [2, 2]}[factor]
 
 
 class Subsampling(nn.Module):
@@ -99,8 +162,6 @@ class Subsampling(nn.Module):
 
     def __init__(self, n_mels: int, dim: int, factor: int):
         super().__init__()
-        if factor not in (1, 2, 4, 8):
-            raise ValueError(f"subsample must be 1, 2, 4 or 8, got {factor}")
         self.project = nn.Linear(n_mels, dim)
         self.convs = nn.ModuleList(nn.Conv1d(dim, dim, 3, stride=2, padding=1) for _ in range(factor.bit_length() - 1))
 
@@ -111,21 +172,47 @@ class Subsampling(nn.Module):
         for conv in self.convs:
             x = x.masked_fill(~mask[..., None], 0.0)  # padding must read as the zeros a lone utterance sees
             x = F.silu(conv(x.transpose(1, 2))).transpose(1, 2)  # Conv1d wants (B, D, T)
-            lengths = (lengths - 1) // 2 + 1
+            lengths = strided_lengths(lengths, 2)
             mask = padding_mask(lengths, x.shape[1])
         return x, mask
+
+
+class Subsampling2d(nn.Module):
+    """Two 3x3 convolutions over (time, mel) with stride 2 in frequency, then a projection to d_model:
+    local time-frequency patterns, as in Conformer ASR front ends and MFA-Conformer."""
+
+    def __init__(self, n_mels: int, dim: int, factor: int, channels: int):
+        super().__init__()
+        self.strides = time_strides(factor)
+        self.convs = nn.ModuleList([nn.Conv2d(1, channels, 3, stride=(self.strides[0], 2), padding=1),
+                                    nn.Conv2d(channels, channels, 3, stride=(self.strides[1], 2), padding=1)])
+        bins = strided_lengths(strided_lengths(torch.tensor(n_mels), 2), 2)
+        self.project = nn.Linear(channels * int(bins), dim)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor):
+        """(B, T, n_mels), mask (B, T) -> (B, T', D), mask (B, T')."""
+        x = x[:, None]  # (B, 1, T, n_mels)
+        lengths = mask.sum(1)
+        for conv, stride in zip(self.convs, self.strides):
+            x = x.masked_fill(~mask[:, None, :, None], 0.0)
+            x = F.silu(conv(x))  # (B, C, T', F')
+            lengths = strided_lengths(lengths, stride)
+            mask = padding_mask(lengths, x.shape[2])
+        B, C, T, bins = x.shape
+        return self.project(x.permute(0, 2, 1, 3).reshape(B, T, C * bins)), mask  # (B, T', C * F') -> (B, T', D)
 
 
 class ConformerBlock(nn.Module):
     """Macaron FF/2 -> self-attention -> convolution -> FF/2 -> LayerNorm (Gulati et al. 2020)."""
 
-    def __init__(self, dim: int, n_heads: int, ff_dim: int, kernel_size: int, dropout: float):
+    def __init__(self, dim: int, n_heads: int, ff_dim: int, kernel_size: int, dropout: float,
+                 conv_norm: str = "layer", rotary: bool = False):
         super().__init__()
         self.ff1 = FeedForward(dim, ff_dim, dropout)
         self.attn_norm = nn.LayerNorm(dim)
-        self.attn = SelfAttention(dim, n_heads, dropout)
+        self.attn = SelfAttention(dim, n_heads, dropout, rotary)
         self.attn_dropout = nn.Dropout(dropout)
-        self.conv = ConvModule(dim, kernel_size, dropout)
+        self.conv = ConvModule(dim, kernel_size, dropout, conv_norm)
         self.ff2 = FeedForward(dim, ff_dim, dropout)
         self.norm = nn.LayerNorm(dim)
 
@@ -146,38 +233,71 @@ class AttentiveStatsPooling(nn.Module):
         self.score = nn.Sequential(nn.Linear(dim, hidden), nn.Tanh(), nn.Linear(hidden, 1))
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor):
-        """x (B, T, D), mask (B, T) -> stats (B, 2D), weights (B, T) summing to 1 over real frames."""
-        scores = self.score(x).squeeze(-1).masked_fill(~mask, float("-inf"))
+        """x (B, T, D), mask (B, T) -> stats (B, 2D), weights (B, T) summing to 1 over real frames.
+
+        The statistics are computed in float32 with the centred formula: under bf16 autocast,
+        E[x^2] - mean^2 loses every digit of a small variance."""
+        scores = self.score(x).squeeze(-1).float().masked_fill(~mask, float("-inf"))
         weights = scores.softmax(dim=-1)  # (B, T)
+        x = x.float()
         mean = torch.einsum("bt,btd->bd", weights, x)
-        var = torch.einsum("bt,btd->bd", weights, x * x) - mean * mean
+        var = torch.einsum("bt,btd->bd", weights, (x - mean[:, None]).square())
         std = var.clamp(min=1e-5).sqrt()
         return torch.cat([mean, std], dim=-1), weights
 
 
-class AMSoftmaxHead(nn.Module):
-    """Additive-margin softmax (Wang et al. 2018): logits = s * (cos(theta) - m at the target).
+class MarginHead(nn.Module):
+    """Cosine classifier with a margin at the target class: additive (AM-softmax, Wang et al. 2018),
+    logit s * (cos(theta) - m), or additive angular (AAM, ArcFace, Deng et al. 2019), s * cos(theta + m).
 
-    Both embeddings and class weights are L2-normalised, so logits lie in
-    [-s, s]. The margin is subtracted only when labels are given (training).
+    Embeddings and class weights are both L2-normalised, so logits lie in [-s, s]
+    without labels. The margin applies only when labels are given (training);
+    `set_margin` changes it during training (a margin schedule), as a buffer, so
+    a compiled graph is not rebuilt at each change.
     """
 
-    def __init__(self, emb_dim: int, n_classes: int, scale: float, margin: float):
+    def __init__(self, emb_dim: int, n_classes: int, scale: float, margin: float, angular: bool = False):
         super().__init__()
         if scale <= 0 or not 0 <= margin < 1:
             raise ValueError(f"need scale s > 0 and 0 <= margin m < 1, got s={scale}, m={margin}")
         self.weight = nn.Parameter(torch.randn(n_classes, emb_dim) * 0.01)
         self.scale = scale
-        self.margin = margin
+        self.angular = angular
+        self.register_buffer("margin", torch.tensor(float(margin)), persistent=False)
+
+    def set_margin(self, margin: float):
+        self.margin.fill_(margin)
 
     def cosine(self, embeddings: torch.Tensor) -> torch.Tensor:
         return F.normalize(embeddings, dim=-1) @ F.normalize(self.weight, dim=-1).T  # (B, C)
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         cosine = self.cosine(embeddings)
-        if labels is not None:
-            cosine = cosine - self.margin * F.one_hot(labels, cosine.shape[-1]).to(cosine.dtype)
-        return self.scale * cosine
+        if labels is None:
+            return self.scale * cosine
+        target = F.one_hot(labels, cosine.shape[-1]).bool()
+        return self.scale * torch.where(target, self.with_margin(cosine.float()).to(cosine.dtype), cosine)
+
+    def with_margin(self, cosine: torch.Tensor) -> torch.Tensor:
+        m = self.margin
+        if not self.angular:
+            return cosine - m
+        sine = (1 - cosine.square()).clamp(min=0).sqrt()
+        shifted = cosine * m.cos() - sine * m.sin()  # cos(theta + m)
+        # Past theta = pi - m, cos(theta + m) would rise again: continue monotonically instead (ArcFace).
+        return torch.where(cosine > -m.cos(), shifted, cosine - m * m.sin())
+
+    def without_margin(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Margin logits of `forward(embeddings, labels)` -> the logits without labels (s * cos)."""
+        target = F.one_hot(labels, logits.shape[-1]).bool()
+        shifted = (logits.float() / self.scale).clamp(-1, 1)
+        m = self.margin
+        if not self.angular:
+            plain = shifted + m
+        else:
+            fallback = shifted < -m.cos() - m * m.sin()
+            plain = torch.where(fallback, shifted + m * m.sin(), torch.cos(torch.acos(shifted) - m))
+        return torch.where(target, self.scale * plain, logits.float())
 
 
 class LinearHead(nn.Module):
@@ -190,31 +310,57 @@ class LinearHead(nn.Module):
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         return self.net(embeddings)
 
+    def without_margin(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return logits
+
+
+# What each choice of ModelConfig may be.
+CHOICES = {
+    "input_norm": ("global", "cmn", "none"),  # per-bin statistics of the training data, per utterance, none
+    "frontend": ("conv1d", "conv2d"),
+    "conv_norm": ("layer", "batch"),
+    "position": ("none", "rotary"),
+    "aggregate": ("last", "mfa"),  # pool every block's output (multi-scale aggregation) or the last one's
+    "head": ("am", "aam"),
+}
+# Before a field existed, models behaved as these values say: older checkpoints load with them.
+LEGACY = {"frontend": "conv1d", "frontend_channels": 64, "conv_norm": "layer", "position": "none",
+          "aggregate": "last", "head": "am"}
+
 
 @dataclass(frozen=True)
 class ModelConfig:
-    kind: str = "conformer"  # or "baseline": the course's sample transformer
-    input_norm: str = "global"  # "global": per-bin statistics of the training data; "cmn": per utterance; "none"
+    kind: str = "conformer"  # a key of MODELS: "conformer", "baseline" (the course sample) or "ecapa"
+    input_norm: str = "global"
     n_mels: int = 40
-    d_model: int = 144
+    d_model: int = 144  # for kind "ecapa": its TDNN channels
     n_heads: int = 4
     n_layers: int = 4
     ff_dim: int = 576  # feed-forward hidden size
     conv_kernel: int = 15
-    subsample: int = 4  # frames merged by the strided input convolutions
+    frontend: str = "conv1d"
+    frontend_channels: int = 64  # conv2d front end only
+    subsample: int = 4  # frames merged by the front end
+    conv_norm: str = "layer"
+    position: str = "none"
+    aggregate: str = "last"
     dropout: float = 0.1
     emb_dim: int = 192
-    scale: float = 30.0  # AM-softmax s
-    margin: float = 0.2  # AM-softmax m
+    head: str = "am"
+    scale: float = 30.0  # s
+    margin: float = 0.2  # m
 
     def __post_init__(self):
-        if self.kind not in ("conformer", "baseline"):
-            raise ValueError(f"model kind must be 'conformer' or 'baseline', got {self.kind!r}")
-        if self.input_norm not in ("global", "cmn", "none"):
-            raise ValueError(f"input_norm must be 'global', 'cmn' or 'none', got {self.input_norm!r}")
-        for name in ("n_mels", "d_model", "n_heads", "n_layers", "ff_dim", "subsample", "emb_dim"):
+        if self.kind not in MODELS:
+            raise ValueError(f"model kind must be one of {sorted(MODELS)}, got {self.kind!r}")
+        for name, allowed in CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        for name in ("n_mels", "d_model", "n_heads", "n_layers", "ff_dim", "frontend_channels", "emb_dim"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.subsample not in (1, 2, 4, 8) or (self.frontend == "conv2d" and self.subsample == 8):
+            raise ValueError(f"subsample must be 1, 2, 4 or 8 (conv2d: at most 4), got {self.subsample}")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
 
@@ -222,12 +368,9 @@ class ModelConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> ModelConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown model config keys: {sorted(unknown)}")
-        return cls(**data)
+    def from_dict(cls, data: dict, legacy: bool = False) -> ModelConfig:
+        """`legacy`: fields the dict lacks take their LEGACY values (a checkpoint older than them)."""
+        return from_dict(cls, {**LEGACY, **data} if legacy else data)
 
     @classmethod
     def baseline(cls, n_mels: int = 40) -> ModelConfig:
@@ -255,6 +398,8 @@ class SpeakerModel(nn.Module):
     """Shared interface: embed, forward (logits), forward_intermediates; a head for training.
 
     Global input statistics are buffers, so every checkpoint carries the ones it was trained with.
+    Subclasses define `encode` (features -> frames, mask, attention maps) and `pool`, or
+    override `_embed` as a whole.
     """
 
     frame_step: int = 1
@@ -281,6 +426,9 @@ class SpeakerModel(nn.Module):
             features = features - masked_mean(features, mask)
         return features.masked_fill(~mask[..., None], 0.0)
 
+    def margin_head(self, config: ModelConfig, n_speakers: int) -> MarginHead:
+        return MarginHead(config.emb_dim, n_speakers, config.scale, config.margin, angular=config.head == "aam")
+
     def encode(self, features, lengths, return_weights=False):
         raise NotImplementedError
 
@@ -294,6 +442,7 @@ class SpeakerModel(nn.Module):
             raise ValueError(f"lengths must be (B,) within [1, T={features.shape[1]}], got {lengths.tolist()}")
 
     def _embed(self, features, lengths, return_weights=False):
+        """-> embeddings (B, E) before normalisation, attention maps, pooling weights (B, T'), lengths (B,)."""
         self._check(features, lengths)
         x, mask, attention = self.encode(features, lengths, return_weights)
         stats, pooling = self.pool(x, mask)
@@ -316,30 +465,41 @@ class SpeakerModel(nn.Module):
 
 
 class SpeakerConformer(SpeakerModel):
-    """Normalise -> strided conv -> Conformer blocks -> attentive statistics pooling -> embedding -> AM-softmax."""
+    """Normalise -> convolutional front end -> Conformer blocks -> (every block's output, concatenated:
+    multi-scale feature aggregation, Zhang et al. 2022) -> attentive statistics pooling -> embedding
+    -> margin head."""
 
     def __init__(self, config: ModelConfig, n_speakers: int):
         super().__init__(config, n_speakers)
         self.frame_step = config.subsample
         d = config.d_model
-        self.frontend = Subsampling(config.n_mels, d, config.subsample)
+        if config.frontend == "conv2d":
+            self.frontend = Subsampling2d(config.n_mels, d, config.subsample, config.frontend_channels)
+        else:
+            self.frontend = Subsampling(config.n_mels, d, config.subsample)
         self.blocks = nn.ModuleList(
-            ConformerBlock(d, config.n_heads, config.ff_dim, config.conv_kernel, config.dropout)
+            ConformerBlock(d, config.n_heads, config.ff_dim, config.conv_kernel, config.dropout,
+                           config.conv_norm, config.position == "rotary")
             for _ in range(config.n_layers)
         )
-        self.pooling = AttentiveStatsPooling(d, hidden=d)
-        self.embedding = nn.Linear(2 * d, config.emb_dim)
-        self.head = AMSoftmaxHead(config.emb_dim, n_speakers, config.scale, config.margin)
+        pooled = d * config.n_layers if config.aggregate == "mfa" else d
+        self.aggregate_norm = nn.LayerNorm(pooled) if config.aggregate == "mfa" else nn.Identity()
+        self.pooling = AttentiveStatsPooling(pooled, hidden=d)
+        self.embedding = nn.Linear(2 * pooled, config.emb_dim)
+        self.head = self.margin_head(config, n_speakers)
 
     def encode(self, features, lengths, return_weights=False):
-        """(B, T, n_mels) -> (B, T', D), mask (B, T'), attention maps."""
+        """(B, T, n_mels) -> (B, T', D) or, aggregated, (B, T', n_layers * D); mask (B, T'); attention maps."""
         mask = padding_mask(lengths, features.shape[1])
         x = self.normalise(features, mask)
         x, mask = self.frontend(x, mask)  # (B, T', D)
-        attention = []
+        outputs, attention = [], []
         for block in self.blocks:
             x, weights = block(x, mask, return_weights)
+            outputs.append(x)
             attention.append(weights)
+        if self.config.aggregate == "mfa":
+            x = self.aggregate_norm(torch.cat(outputs, dim=-1))  # (B, T', L * D)
         return x, mask, attention if return_weights else []
 
     def pool(self, x, mask):
@@ -374,6 +534,18 @@ class BaselineTransformer(SpeakerModel):
         return torch.einsum("bt,btd->bd", weights, x), weights
 
 
+def _ecapa(config: ModelConfig, n_speakers: int) -> SpeakerModel:
+    from .ecapa import EcapaSpeaker  # needs speechbrain, a benchmark-only dependency
+
+    return EcapaSpeaker(config, n_speakers)
+
+
+MODELS: dict[str, Callable[[ModelConfig, int], SpeakerModel]] = {
+    "conformer": SpeakerConformer,
+    "baseline": BaselineTransformer,
+    "ecapa": _ecapa,
+}
+
+
 def build_model(config: ModelConfig, n_speakers: int) -> SpeakerModel:
-    network = SpeakerConformer if config.kind == "conformer" else BaselineTransformer
-    return network(config, n_speakers)
+    return MODELS[config.kind](config, n_speakers)

@@ -10,8 +10,8 @@ from speaker_app.scoring import equal_error_rate
 from training.augment import AugmentConfig, Augmenter
 from training.config import TrainConfig, override
 from training.data import (DataError, FeatureBank, Utterance, load_features, read_labelled, read_speakers,
-                           read_test, split_utterances)
-from training.prepare import find_clips, prepare, utterance_name
+                           read_test, split_utterances, stratified_split)
+from training.prepare import find_clips, main as prepare_main, prepare, utterance_name
 from tests.conftest import voiced
 
 
@@ -91,6 +91,41 @@ def test_prepare_layout_from_an_audio_folder(tmp_path):
     assert lines[0] == "Id,Category" and len(lines) == 4
     assert find_clips(audio, exclude=["corpus/*"]) == {"carl": [f"carl/{n}" for n in
                                                                 ["0.wav", "1.wav", "2.wav", "3.wav", "4.wav", "broken.wav", "quiet.flac"]]}
+
+
+def test_prepare_several_folders_a_test_list_exclusions_and_speed_copies(tmp_path):
+    first, second = tmp_path / "a", tmp_path / "b"
+    for root, speaker, f0 in [(first, "src/anna", 220.0), (first, "src/bert", 110.0), (second, "other/cleo", 150.0)]:
+        (root / speaker).mkdir(parents=True)
+        for i in range(3):
+            sf.write(root / speaker / f"{i}.wav", voiced(1.0, f0=f0, seed=i), 16000)
+    (tmp_path / "dev.txt").write_text("# held out\ntest src/bert\n")
+    (tmp_path / "test.txt").write_text("src/anna/0.wav\nother/cleo/2.wav\n")
+    out = tmp_path / "data"
+    argv = [str(first), str(second), str(out), "--test-list", str(tmp_path / "test.txt"),
+            "--exclude-from", str(tmp_path / "dev.txt"), "--speed", "0.9,1.1", "--workers", "1", "--quiet"]
+    assert prepare_main(argv) == 0
+    speakers = read_speakers(out)
+    assert speakers == ["other/cleo", "other/cleo@0.9", "other/cleo@1.1", "src/anna", "src/anna@0.9", "src/anna@1.1"]
+    test = read_test(out, speakers)
+    assert sorted(speakers[u.speaker] for u in test) == ["other/cleo", "src/anna"]  # originals only
+    train = read_labelled(out, speakers)
+    by_name = {speakers[u.speaker]: [] for u in train}
+    for u in train:
+        by_name[speakers[u.speaker]].append(u.length)
+    assert all(len(lengths) == 2 for lengths in by_name.values())  # 3 clips, 1 held out
+    # Faster speech is shorter: about 1/0.9 and 1/1.1 of the original's frames.
+    assert sum(by_name["src/anna@0.9"]) > sum(by_name["src/anna"]) > sum(by_name["src/anna@1.1"])
+    with pytest.raises(SystemExit, match="both"):  # one speaker folder in two roots
+        prepare([first, first], tmp_path / "twice", workers=1, progress=False)
+
+
+def test_stratified_split_holds_out_a_share_of_every_group_and_is_seeded():
+    groups = {"a": list(range(10)), "b": list(range(10, 13)), "c": [13]}
+    kept, held = stratified_split(groups, 0.2, seed=0)
+    assert sorted(kept + held) == list(range(14)) and stratified_split(groups, 0.2, seed=0) == (kept, held)
+    assert len([x for x in held if x < 10]) == 2 and len([x for x in held if 10 <= x < 13]) == 1
+    assert 13 in kept  # a group of one is never held out entirely
 
 
 def test_augmenter_keeps_shapes_padding_and_is_seeded():

@@ -97,7 +97,7 @@ def train(data, out, steps, processes=1, resume=False):
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
                    "-m", "training.train"]
     command += ["--data", str(data), "--out", str(out), "--steps", str(steps), "--batch-size", "8",
-                "--device", "cpu", "--no-progress", *(["--resume"] if resume else [])]
+                "--device", "cpu", "--no-progress", *(["--resume", "--extend"] if resume else [])]
     command += [arg for setting in TINY for arg in ("--set", setting)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)

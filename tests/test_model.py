@@ -3,7 +3,7 @@ import torch
 
 from speaker_app.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from speaker_app.features import FeatureConfig
-from speaker_app.model import AMSoftmaxHead, ModelConfig, build_model
+from speaker_app.model import MarginHead, ModelConfig, build_model
 
 SMALL = ModelConfig(d_model=32, n_heads=4, n_layers=2, ff_dim=64, emb_dim=24, conv_kernel=5, subsample=4)
 CONFIGS = {
@@ -90,7 +90,7 @@ def test_embeddings_unit_norm_and_logits_bounded():
 
 
 def test_am_softmax_normalises_class_weights_and_applies_margin_to_target_only():
-    head = AMSoftmaxHead(8, 5, scale=30.0, margin=0.2)
+    head = MarginHead(8, 5, scale=30.0, margin=0.2)
     embeddings = torch.randn(3, 8)
     before = head(embeddings)
     with torch.no_grad():

@@ -37,7 +37,7 @@ def trained(prepared, tmp_path_factory):
     common = ["training.train", "--data", str(prepared), "--out", str(out), "--batch-size", "32", "--no-progress"]
     run(*common, "--steps", "300", *flags)
     # resuming a finished run with more steps continues from last.pt
-    run(*common, "--steps", "400", "--resume")
+    run(*common, "--steps", "400", "--resume", "--extend")
     return out
 
 

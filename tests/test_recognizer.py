@@ -77,8 +77,10 @@ def test_gallery_of_another_model_is_refused(recognizer, tmp_path):
 def test_explain_gives_maps_for_each_layer(recognizer):
     explanation = recognizer.explain(torch.randn(400, 40))
     assert len(explanation.attention) == 2
-    assert explanation.attention[0].shape == (2, 100, 100) and explanation.pooling.shape == (100,)
-    assert explanation.frame_seconds == pytest.approx(0.04)
+    step = recognizer.model.frame_step  # input frames per encoder frame
+    assert explanation.attention[0].shape == (2, 400 // step, 400 // step)
+    assert explanation.pooling.shape == (400 // step,)
+    assert explanation.frame_seconds == pytest.approx(0.01 * step)
 
 
 @pytest.mark.parametrize("tensor, message", [

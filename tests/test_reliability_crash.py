@@ -14,7 +14,7 @@ import pytest
 from speaker_app.checkpoint import load_checkpoint
 from tests.conftest import ROOT
 from tests.test_distributed import TINY, synthetic_course
-from training.train import truncate_metrics
+from training.loop import truncate_metrics
 
 STEPS = 50  # valid_every=5 in TINY: a checkpoint every 5 steps
 

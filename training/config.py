@@ -7,9 +7,10 @@ checkpoint. Derived values (the number of speakers) are never stored here.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from speaker_app.configs import from_dict
 from speaker_app.model import ModelConfig
 
 from .augment import AugmentConfig
@@ -27,6 +28,7 @@ class TrainConfig:
     weight_decay: float = 0.05
     warmup_steps: int = 300
     grad_clip: float = 5.0
+    margin_ramp: tuple[float, float] = (0.0, 0.0)  # margin 0 until the first fraction of steps, full from the second
     valid_fraction: float = 0.1
     valid_every: int = 250
     valid_max_frames: int = 40000  # frames per validation batch
@@ -44,26 +46,12 @@ class TrainConfig:
             raise ValueError(f"valid_fraction must be in [0, 1), got {self.valid_fraction}")
         if self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
+        start, end = self.margin_ramp
+        if not 0 <= start <= end <= 1:
+            raise ValueError(f"margin_ramp must be two fractions of the steps, 0 <= start <= end <= 1, got {self.margin_ramp}")
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def from_dict(cls, data: dict):
-    """Build a (nested) config dataclass from a dict, rejecting unknown keys."""
-    known = {f.name: f for f in fields(cls)}
-    unknown = set(data) - set(known)
-    if unknown:
-        raise ValueError(f"unknown {cls.__name__} keys: {sorted(unknown)}")
-    values = {}
-    for name, value in data.items():
-        default = getattr(cls(), name) if name in ("model", "augment") else None
-        if is_dataclass(default) and isinstance(value, dict):
-            value = from_dict(type(default), value)
-        elif isinstance(value, list):
-            value = tuple(value)
-        values[name] = value
-    return cls(**values)
 
 
 def read_config_file(path: str | Path) -> dict:
@@ -95,8 +83,3 @@ def override(config: TrainConfig, assignments: list[str]) -> TrainConfig:
             raise ValueError(f"unknown config key {key!r}")
         target[leaf] = value
     return from_dict(TrainConfig, data)
-
-
-def baseline_config(config: TrainConfig) -> TrainConfig:
-    """The course sample model, trained with the same recipe otherwise."""
-    return replace(config, model=ModelConfig.baseline(config.model.n_mels))

@@ -85,22 +85,28 @@ def read_test_labels(root: Path) -> dict[str, str]:
         return {row["Id"]: row["Category"] for row in csv.DictReader(handle)}
 
 
+def stratified_split(groups: dict, fraction: float, seed: int) -> tuple[list, list]:
+    """Hold out about `fraction` of each group's items (at least one, never all): -> (kept, held).
+    Groups are visited in sorted order and each is shuffled by one seeded generator, so the
+    split depends only on the groups (their items in a fixed order) and the seed."""
+    rng = random.Random(seed)
+    kept, held = [], []
+    for key in sorted(groups):
+        items = list(groups[key])
+        rng.shuffle(items)
+        n = min(len(items) - 1, max(1, round(fraction * len(items)))) if fraction > 0 else 0
+        held += items[:n]
+        kept += items[n:]
+    return kept, held
+
+
 def split_utterances(utterances: list[Utterance], fraction: float, seed: int):
-    """Speaker-stratified split: about `fraction` of each speaker's utterances (at least one,
-    never all) go to validation. It depends only on the list and the seed, so it is the same
-    on every run, resume and rank."""
+    """Speaker-stratified train/valid split (see stratified_split). It depends only on the list and
+    the seed, so it is the same on every run, resume and rank."""
     by_speaker: dict[int, list[Utterance]] = {}
     for utterance in sorted(utterances, key=lambda u: u.path):
         by_speaker.setdefault(utterance.speaker, []).append(utterance)
-    rng = random.Random(seed)
-    train, valid = [], []
-    for speaker in sorted(by_speaker):
-        items = by_speaker[speaker]
-        rng.shuffle(items)
-        n_valid = min(len(items) - 1, max(1, round(fraction * len(items)))) if fraction > 0 else 0
-        valid += items[:n_valid]
-        train += items[n_valid:]
-    return train, valid
+    return stratified_split(by_speaker, fraction, seed)
 
 
 def load_features(path: Path, n_mels: int) -> torch.Tensor:

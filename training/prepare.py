@@ -1,11 +1,19 @@
-"""Turn a folder of audio clips into the course data layout.
+"""Turn folders of audio clips into the course data layout.
 
-    python -m training.prepare AUDIO_DIR OUT_DIR [--test-fraction F] [--seed S] [--workers N]
+    python -m training.prepare AUDIO_DIR [AUDIO_DIR ...] OUT_DIR [--test-fraction F | --test-list FILE]
+                               [--include GLOB] [--exclude GLOB] [--exclude-from FILE] [--speed 0.9,1.1]
+                               [--seed S] [--workers N]
 
-A clip's speaker is its parent folder relative to AUDIO_DIR: `root/spk/x.wav`
-gives `spk`, `root/source/spk/x.flac` gives `source/spk`. Each clip becomes
-`OUT_DIR/uttr-<md5 of its path>.pt`; a stratified fraction of each speaker's
-clips goes to testdata.json, with the answers in test_labels.csv.
+A clip's speaker is its parent folder relative to its AUDIO_DIR: `root/spk/x.wav`
+gives `spk`, `root/source/spk/x.flac` gives `source/spk`; several AUDIO_DIRs are
+read as one (a speaker folder must not appear in two). Each clip becomes
+`OUT_DIR/uttr-<md5 of its path>.pt`. A stratified fraction of each speaker's
+clips goes to testdata.json, with the answers in test_labels.csv, or exactly
+the clips a --test-list file names (one path per line, relative to its AUDIO_DIR).
+
+`--speed 0.9,1.1` adds each training clip again at those speeds (tempo and pitch
+together, as sox `speed`) as new speakers `SPEAKER@0.9` and `SPEAKER@1.1`: more
+distinct voices for the embedding (the Kaldi and WeSpeaker recipes do the same).
 """
 
 from __future__ import annotations
@@ -16,7 +24,7 @@ import fnmatch
 import hashlib
 import json
 import multiprocessing
-import random
+import os
 import sys
 from pathlib import Path
 
@@ -24,109 +32,142 @@ import torch
 from tqdm import tqdm
 
 from speaker_app.checkpoint import atomic_write
-from speaker_app.features import AUDIO_SUFFIXES, AudioError, FeatureConfig, features_from_file
+from speaker_app.features import AUDIO_SUFFIXES, AudioError, FeatureConfig, features_from_file, features_from_wave, \
+    read_audio, speed_perturb
+
+from .data import stratified_split
 
 
 def find_clips(root: Path, include: list[str] = (), exclude: list[str] = ()) -> dict[str, list[str]]:
-    """{speaker: [clip paths relative to root]} for clips at least one folder deep, sorted."""
+    """{speaker: [clip paths relative to root]} for clips at least one folder deep, sorted.
+    Symbolic links to folders are followed."""
     clips: dict[str, list[str]] = {}
-    for path in sorted(root.rglob("*")):
-        if path.suffix.lower() not in AUDIO_SUFFIXES or not path.is_file():
-            continue
-        relative = path.relative_to(root)
-        speaker = relative.parent.as_posix()
-        if speaker == ".":
-            continue  # no speaker folder
-        if include and not any(fnmatch.fnmatch(speaker, p) for p in include):
-            continue
-        if any(fnmatch.fnmatch(speaker, p) for p in exclude):
-            continue
-        clips.setdefault(speaker, []).append(relative.as_posix())
-    return clips
+    for folder, subfolders, files in os.walk(root, followlinks=True):
+        subfolders.sort()
+        speaker = Path(folder).relative_to(root).as_posix()
+        if speaker == "." or (include and not any(fnmatch.fnmatch(speaker, p) for p in include)) \
+                or any(fnmatch.fnmatch(speaker, p) for p in exclude):
+            continue  # no speaker folder, or not wanted
+        found = sorted(f"{speaker}/{name}" for name in files if Path(name).suffix.lower() in AUDIO_SUFFIXES)
+        if found:
+            clips[speaker] = found
+    return dict(sorted(clips.items()))
 
 
-def utterance_name(relative: str) -> str:
-    return f"uttr-{hashlib.md5(relative.encode()).hexdigest()}.pt"
+def read_list(path: Path) -> list[str]:
+    """The last field of each line of a list file; blank lines and # comments skipped."""
+    return [line.split()[-1] for line in Path(path).read_text().splitlines() if line.strip() and not line.startswith("#")]
+
+
+def utterance_name(relative: str, speed: float = 1.0) -> str:
+    key = relative if speed == 1.0 else f"{relative}@{speed:g}"
+    return f"uttr-{hashlib.md5(key.encode()).hexdigest()}.pt"
+
+
+def perturbed_speaker(speaker: str, speed: float) -> str:
+    return speaker if speed == 1.0 else f"{speaker}@{speed:g}"
 
 
 def split_test(clips: dict[str, list[str]], fraction: float, seed: int) -> set[str]:
     """About `fraction` of each speaker's clips (at least one when a speaker has two or more)."""
-    rng = random.Random(seed)
-    test = set()
-    for speaker in sorted(clips):
-        items = sorted(clips[speaker])
-        rng.shuffle(items)
-        n = min(len(items) - 1, max(1, round(fraction * len(items)))) if fraction > 0 else 0
-        test.update(items[:n])
-    return test
+    return set(stratified_split({s: sorted(c) for s, c in clips.items()}, fraction, seed)[1])
 
 
 def _convert(job):
-    root, out, relative, config = job
+    root, out, relative, config, speed = job
     torch.set_num_threads(1)
     try:
-        features = features_from_file(root / relative, config)
+        if speed == 1.0:
+            features = features_from_file(root / relative, config)
+        else:
+            wave = speed_perturb(read_audio(root / relative, config.sample_rate), speed, config.sample_rate)
+            features = features_from_wave(wave, config, Path(relative).name)
     except AudioError as error:
-        return relative, None, str(error)
-    target = out / utterance_name(relative)
-    atomic_write(target, lambda handle: torch.save(features.clone(), handle))
-    return relative, len(features), None
+        return relative, speed, None, str(error)
+    atomic_write(out / utterance_name(relative, speed), lambda handle: torch.save(features.clone(), handle))
+    return relative, speed, len(features), None
 
 
 def write_json(path: Path, data) -> None:
     atomic_write(path, lambda handle: handle.write((json.dumps(data, indent=1) + "\n").encode()))
 
 
-def prepare(root: Path, out: Path, test_fraction: float = 0.1, seed: int = 0, workers: int | None = None,
-            include: list[str] = (), exclude: list[str] = (), config: FeatureConfig = FeatureConfig(),
-            progress: bool = True) -> dict:
-    """Convert every clip; returns a summary with the skipped files and why."""
-    root, out = Path(root), Path(out)
-    if not root.is_dir():
-        raise SystemExit(f"error: {root} is not a folder")
-    clips = find_clips(root, include, exclude)
-    if not clips:
-        raise SystemExit(f"error: no audio clips ({', '.join(AUDIO_SUFFIXES)}) in speaker folders under {root}")
-    out.mkdir(parents=True, exist_ok=True)
-    jobs = [(root, out, relative, config) for speaker in sorted(clips) for relative in clips[speaker]]
+def gather(roots: list[Path], include, exclude) -> tuple[dict[str, list[str]], dict[str, Path]]:
+    """Clips of every root, and the root of each speaker; a speaker in two roots is an error."""
+    clips, root_of = {}, {}
+    for root in roots:
+        if not root.is_dir():
+            raise SystemExit(f"error: {root} is not a folder")
+        for speaker, found in find_clips(root, include, exclude).items():
+            if speaker in clips:
+                raise SystemExit(f"error: speaker folder {speaker!r} is in both {root_of[speaker]} and {root}")
+            clips[speaker], root_of[speaker] = found, root
+    return dict(sorted(clips.items())), root_of
+
+
+def convert_all(jobs: list, workers: int, progress: bool):
+    """Run every (root, out, relative, config, speed) job -> {(relative, speed): frames}, {relative: error}."""
     lengths, skipped = {}, {}
-    workers = workers or min(8, multiprocessing.cpu_count())
     with multiprocessing.get_context("spawn").Pool(workers) if workers > 1 else _Serial() as pool:
         results = pool.imap_unordered(_convert, jobs, chunksize=8)
-        for relative, length, error in tqdm(results, total=len(jobs), desc="preparing", unit="clip",
-                                            disable=not progress):
+        for relative, speed, length, error in tqdm(results, total=len(jobs), desc="preparing", unit="clip",
+                                                   disable=not progress):
             if error:
-                skipped[relative] = error
+                skipped[relative if speed == 1.0 else f"{relative}@{speed:g}"] = error
             else:
-                lengths[relative] = length
-    for speaker in list(clips):
-        clips[speaker] = [c for c in clips[speaker] if c in lengths]
-        if not clips[speaker]:
-            del clips[speaker]
+                lengths[relative, speed] = length
+    return lengths, skipped
+
+
+def prepare(roots, out: Path, test_fraction: float = 0.1, seed: int = 0, workers: int | None = None,
+            include: list[str] = (), exclude: list[str] = (), config: FeatureConfig = FeatureConfig(),
+            progress: bool = True, test_list: list[str] | None = None, speeds: list[float] = ()) -> dict:
+    """Convert every clip; returns a summary with the skipped files and why."""
+    roots = [Path(r) for r in ([roots] if isinstance(roots, (str, Path)) else roots)]
+    out = Path(out)
+    clips, root_of = gather(roots, include, exclude)
     if not clips:
+        raise SystemExit(f"error: no audio clips ({', '.join(AUDIO_SUFFIXES)}) in speaker folders under "
+                         + ", ".join(map(str, roots)))
+    if test_list is not None:
+        known = {c for found in clips.values() for c in found}
+        test = set(test_list) & known
+        if len(test) < len(set(test_list)):
+            print(f"warning: {len(set(test_list)) - len(test)} clips of the test list are not among the clips found",
+                  file=sys.stderr)
+    else:
+        test = split_test(clips, test_fraction, seed)
+    out.mkdir(parents=True, exist_ok=True)
+    jobs = [(root_of[s], out, c, config, 1.0) for s in clips for c in clips[s]]
+    jobs += [(root_of[s], out, c, config, speed) for speed in speeds for s in clips for c in clips[s] if c not in test]
+    lengths, skipped = convert_all(jobs, workers or min(8, multiprocessing.cpu_count()), progress)
+    if not lengths:
         raise SystemExit(f"error: none of the {len(jobs)} clips could be used")
 
-    test = split_test(clips, test_fraction, seed)
-    speakers = sorted(clips)
+    def entry(relative, speed=1.0):
+        return {"feature_path": utterance_name(relative, speed), "mel_len": lengths[relative, speed], "audio": relative}
 
-    def entry(relative):
-        return {"feature_path": utterance_name(relative), "mel_len": lengths[relative], "audio": relative}
-
-    metadata = {"n_mels": config.n_mels,
-                "speakers": {s: [entry(c) for c in clips[s] if c not in test] for s in speakers}}
-    test_items = sorted(((entry(c), s) for s in speakers for c in clips[s] if c in test),
+    train = {}
+    for speed in (1.0, *speeds):
+        for s in clips:
+            kept = [entry(c, speed) for c in clips[s] if c not in test and (c, speed) in lengths]
+            if kept:
+                train[perturbed_speaker(s, speed)] = kept
+    test_items = sorted(((entry(c), s) for s in clips for c in clips[s] if c in test and (c, 1.0) in lengths),
                         key=lambda item: item[0]["feature_path"])
+    speakers = sorted(set(train) | {s for _, s in test_items})
     write_json(out / "mapping.json", {"speaker2id": {s: i for i, s in enumerate(speakers)},
                                       "id2speaker": {str(i): s for i, s in enumerate(speakers)}})
-    write_json(out / "metadata.json", metadata)
+    write_json(out / "metadata.json", {"n_mels": config.n_mels, "speakers": {s: train.get(s, []) for s in speakers}})
     write_json(out / "testdata.json", {"n_mels": config.n_mels, "utterances": [e for e, _ in test_items]})
     write_json(out / "feature_config.json", config.to_dict())
     with open(out / "test_labels.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["Id", "Category"])
         writer.writerows([e["feature_path"], s] for e, s in test_items)
-    return {"speakers": len(speakers), "clips": len(lengths), "train": len(lengths) - len(test),
-            "test": len(test), "skipped": skipped}
+    n_train = sum(len(items) for items in train.values())
+    return {"speakers": len(speakers), "clips": n_train + len(test_items), "train": n_train,
+            "test": len(test_items), "skipped": skipped}
 
 
 class _Serial:
@@ -144,24 +185,39 @@ class _Serial:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.prepare", description=__doc__.split("\n\n")[0])
-    parser.add_argument("audio_dir", type=Path)
-    parser.add_argument("out_dir", type=Path)
-    parser.add_argument("--test-fraction", type=float, default=0.1, help="held-out share of each speaker's clips")
+    parser.add_argument("paths", nargs="+", type=Path, metavar="AUDIO_DIR ... OUT_DIR")
+    split = parser.add_mutually_exclusive_group()
+    split.add_argument("--test-fraction", type=float, default=0.1, help="held-out share of each speaker's clips")
+    split.add_argument("--test-list", type=Path, help="hold out exactly the clips this file lists")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, help="parallel processes (default: CPU count, at most 8)")
     parser.add_argument("--include", action="append", default=[], metavar="PATTERN",
                         help="only speakers matching this glob, e.g. 'vcc2016/*' (repeatable)")
     parser.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
                         help="leave out speakers matching this glob (repeatable)")
+    parser.add_argument("--exclude-from", type=Path, action="append", default=[], metavar="FILE",
+                        help="leave out the speakers this file lists (the last field of each line)")
+    parser.add_argument("--speed", help="also train on the clips at these speeds, as new speakers, e.g. 0.9,1.1")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
+    if len(args.paths) < 2:
+        parser.error("give at least one AUDIO_DIR and the OUT_DIR")
     if not 0 <= args.test_fraction < 1:
         parser.error("--test-fraction must be in [0, 1)")
-    summary = prepare(args.audio_dir, args.out_dir, args.test_fraction, args.seed, args.workers,
-                      args.include, args.exclude, progress=not args.quiet)
+    try:
+        speeds = [float(v) for v in args.speed.split(",")] if args.speed else []
+    except ValueError:
+        parser.error(f"--speed takes numbers separated by commas, got {args.speed!r}")
+    if any(not 0.5 <= v <= 2 or v == 1 for v in speeds):
+        parser.error("--speed factors must lie in [0.5, 2] and differ from 1")
+    *roots, out = args.paths
+    exclude = args.exclude + [name for path in args.exclude_from for name in read_list(path)]
+    summary = prepare(roots, out, args.test_fraction, args.seed, args.workers, args.include, exclude,
+                      progress=not args.quiet, test_list=read_list(args.test_list) if args.test_list else None,
+                      speeds=speeds)
     for relative, reason in sorted(summary["skipped"].items()):
         print(f"skipped {relative}: {reason}", file=sys.stderr)
-    print(f"{summary['clips']} clips of {summary['speakers']} speakers -> {args.out_dir} "
+    print(f"{summary['clips']} clips of {summary['speakers']} speakers -> {out} "
           f"({summary['train']} train, {summary['test']} test, {len(summary['skipped'])} skipped)")
     return 0
 

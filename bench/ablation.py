@@ -1,0 +1,128 @@
+"""What makes the Conformer learn fast: one row per idea, alone and combined, same data, 2 seeds.
+
+    python -m bench.ablation [--rows NAME ...] [--seeds 0 1] [--steps 250] [--jobs 2] [--work DIR]
+
+Every row is `python -m training.train` on ../shared/speech prepared as in
+bench.accuracy (20 % of each speaker's clips held out, split seed 0) with the
+short budget of bench.accuracy (250 steps, batch 64 x 200 frames, a tenth of
+the steps as warm-up) plus the row's `--set` flags, scored on the held-out clips
+(top-1 among the 31 speakers, clip-vs-clip EER) with its best.pt. Runs already
+scored in --work are reused, so the command can be stopped and repeated. With
+--jobs N, N runs share the machine (one thread each), so their wall times are
+only comparable within one command. Writes the `ablation` section of
+bench/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from . import common
+from .accuracy import prepared, run, score
+
+# The model before this study, spelled out: every row starts from it and changes what its flags say.
+BEFORE = ["model.frontend=conv1d", "model.subsample=4", "model.conv_norm=layer", "model.position=none",
+          "model.aggregate=last", "model.head=am"]
+BEST = ["model.aggregate=mfa", "model.frontend=conv2d", "model.subsample=2", "model.conv_norm=batch"]
+# name -> (what the row changes, its --set flags over BEFORE)
+ROWS = {
+    "before": ("the model before this study: conv1d front end, subsample 4, LayerNorm, last block, AM", []),
+    "mfa": ("multi-scale aggregation: every block's output, concatenated, is pooled", ["model.aggregate=mfa"]),
+    "sub2": ("subsample 2 (conv1d front end)", ["model.subsample=2"]),
+    "conv2d": ("2-D convolutional front end, subsample 4", ["model.frontend=conv2d"]),
+    "conv2d-sub2": ("2-D convolutional front end, subsample 2", ["model.frontend=conv2d", "model.subsample=2"]),
+    "bn": ("mask-aware BatchNorm in the convolution module", ["model.conv_norm=batch"]),
+    "rotary": ("rotary positions in self-attention", ["model.position=rotary"]),
+    "ramp": ("margin ramped in from 0 (none for the first 20 % of steps, full from 60 %)", ["margin_ramp=[0.2,0.6]"]),
+    "aam": ("additive angular margin (ArcFace) instead of AM, m 0.2", ["model.head=aam"]),
+    "lr4e-3": ("peak learning rate 4e-3 instead of 2e-3", ["lr=0.004"]),
+    "nodrop": ("no dropout", ["model.dropout=0"]),
+    "mfa+sub2+bn": ("MFA, subsample 2 (conv1d), BatchNorm", ["model.aggregate=mfa", "model.subsample=2",
+                                                             "model.conv_norm=batch"]),
+    "mfa+conv2d-sub2+bn": ("MFA, conv2d subsample 2, BatchNorm", BEST),
+    "best+ramp": ("... and the margin ramp", BEST + ["margin_ramp=[0.2,0.6]"]),
+    "best+rotary": ("... and rotary positions", BEST + ["model.position=rotary"]),
+    "best+aam": ("... and AAM", BEST + ["model.head=aam"]),
+    "best+lr4e-3": ("... and lr 4e-3", BEST + ["lr=0.004"]),
+}
+STEPS = 250
+
+
+def train_and_score(name: str, seed: int, args, data: Path) -> dict:
+    out = args.work / "runs" / f"{name}-seed{seed}"
+    scored = out / "score.json"
+    if scored.exists():
+        return json.loads(scored.read_text())
+    if out.exists():  # an interrupted run: start it again
+        for path in sorted(out.iterdir(), reverse=True):
+            path.unlink()
+    flags = [a for setting in BEFORE + ROWS[name][1] for a in ("--set", setting)]
+    command = ["-m", "training.train", "--data", str(data), "--out", str(out), "--steps", str(args.steps),
+               "--seed", str(seed), "--set", f"warmup_steps={max(1, args.steps // 10)}", "--no-progress", *flags]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    wall = run(command, out.with_suffix(".log"))
+    result = {**score(out, data), "wall_s": wall, "command": "python " + " ".join(command)}
+    scored.write_text(json.dumps(result))
+    print(f"{name} seed {seed}: top-1 {result['top1']:.4f}, EER {result['eer']:.4f}, {wall:.0f} s", flush=True)
+    return result
+
+
+def mean_std(values: list[float]) -> str:
+    spread = f" ± {statistics.stdev(values) * 100:.1f}" if len(values) > 1 else ""
+    return f"{statistics.fmean(values) * 100:.1f}{spread}"
+
+
+def report(results: dict, args, wall_s: float) -> str:
+    rows = []
+    for name, (idea, flags) in ROWS.items():
+        runs = [results[name, seed] for seed in args.seeds if (name, seed) in results]
+        if not runs:
+            continue
+        rows.append([f"`{name}`", idea, len(runs), f"{runs[0]['params'] / 1e6:.2f} M",
+                     mean_std([r["top1"] for r in runs]), mean_std([r["eer"] for r in runs]),
+                     f"{statistics.fmean(r['wall_s'] for r in runs):.0f}",
+                     "`" + " ".join(f"--set {f}" for f in flags) + "`" if flags else "(none)"])
+    return "\n".join([
+        common.header("Ablation: what makes the Conformer learn fast (CPU)", wall_s),
+        f"Each row: `python -m training.train --data DATA --out RUN --steps {args.steps} --seed SEED "
+        f"--set warmup_steps={max(1, args.steps // 10)}` with the flags of the model before this study "
+        f"(`{' '.join('--set ' + f for f in BEFORE)}`) and then the row's own flags; DATA is "
+        "`../shared/speech` prepared as in bench.accuracy (612 held-out clips of 31 speakers). Top-1 and "
+        "the clip-vs-clip EER on the held-out clips with the run's best.pt, mean ± standard deviation over "
+        f"seeds {', '.join(map(str, args.seeds))}. Wall time: the whole training command, with {args.jobs} "
+        "runs sharing the 2-core machine (compare wall times within this table only).\n",
+        common.table(["row", "what changes", "seeds", "params", "top-1 %", "EER %", "wall (s)", "row's flags"], rows),
+    ]) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.ablation", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", nargs="+", choices=list(ROWS), default=list(ROWS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--steps", type=int, default=STEPS)
+    parser.add_argument("--jobs", type=int, default=1, help="runs at a time (each with one thread when above 1)")
+    parser.add_argument("--speech", type=Path, default=common.SPEECH)
+    parser.add_argument("--work", type=Path, default=Path("runs/ablation"))
+    parser.add_argument("--results", type=Path, default=common.RESULTS)
+    args = parser.parse_args(argv)
+    if args.jobs > 1:
+        os.environ["OMP_NUM_THREADS"] = "1"  # inherited by the training processes
+    started = time.perf_counter()
+    data = prepared(args.speech, args.work)
+    jobs = [(name, seed) for seed in args.seeds for name in args.rows]
+    with ThreadPoolExecutor(args.jobs) as pool:
+        outcomes = pool.map(lambda job: train_and_score(*job, args, data), jobs)
+        results = dict(zip(jobs, outcomes))
+    common.write_section("ablation", report(results, args, time.perf_counter() - started), args.results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
