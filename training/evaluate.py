@@ -28,7 +28,7 @@ from tqdm import tqdm
 from speaker_app.checkpoint import CheckpointError, load_checkpoint
 from speaker_app.features import AudioError, features_from_file
 from speaker_app.inference import infer
-from speaker_app.scoring import centroid, cosine, equal_error_rate, min_dcf
+from speaker_app.scoring import Scorer, centroid, cosine, equal_error_rate, min_dcf
 
 from .config import TrainConfig, from_dict
 from .data import DataError, load_features, read_labelled, read_speakers, read_test, split_utterances
@@ -112,8 +112,10 @@ def pair_verification(names: list[str], embeddings: torch.Tensor, max_clips: int
     return {"pair_eer": eer, "pair_threshold": threshold, "pair_min_dcf": dcf, "pair_trials": int(upper.sum())}
 
 
-def enrollment(names: list[str], keys: list[str], embeddings: torch.Tensor, n_enroll: int) -> dict:
-    """Enroll each speaker from its first n_enroll clips; identify and verify the rest."""
+def enrollment(names: list[str], keys: list[str], embeddings: torch.Tensor, n_enroll: int,
+               scorer: Scorer | None = None) -> dict:
+    """Enroll each speaker from its first n_enroll clips; identify and verify the rest.
+    Scores are cosine similarities, or the scorer's (AS-norm against a cohort)."""
     by_speaker = defaultdict(list)
     for i in sorted(range(len(names)), key=lambda i: (names[i], keys[i])):
         by_speaker[names[i]].append(i)
@@ -124,7 +126,8 @@ def enrollment(names: list[str], keys: list[str], embeddings: torch.Tensor, n_en
     centroids = torch.stack([centroid(embeddings[usable[s][:n_enroll]]) for s in enrolled])
     tests = [(enrolled.index(s), i) for s in enrolled for i in usable[s][n_enroll:]]
     labels = torch.tensor([label for label, _ in tests])
-    scores = cosine(embeddings[[i for _, i in tests]], centroids)  # (N, S)
+    tested = embeddings[[i for _, i in tests]]
+    scores = scorer.score(tested, centroids) if scorer else cosine(tested, centroids)  # (N, S)
     same = (labels[:, None] == torch.arange(len(enrolled))).flatten()
     eer, threshold = equal_error_rate(scores.flatten(), same)
     dcf, dcf_threshold = min_dcf(scores.flatten(), same)
