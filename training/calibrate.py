@@ -180,10 +180,10 @@ def open_set_trials(scorer: Scorer, prototypes: torch.Tensor, speakers: list[str
 def open_set_rates(trials: OpenSet, threshold: float) -> dict:
     """Shares of unseen clips named (wrongly), known clips named correctly, named wrongly and not named."""
     named = trials.known_best >= threshold
-    return {"unseen_named": float((trials.unseen_best >= threshold).float().mean()),
-            "known_correct": float((named & trials.known_correct).float().mean()),
-            "known_wrong": float((named & ~trials.known_correct).float().mean()),
-            "known_not_named": float((~named).float().mean())}
+    return {"unseen_named": float((trials.unseen_best >= threshold).double().mean()),
+            "known_correct": float((named & trials.known_correct).double().mean()),
+            "known_wrong": float((named & ~trials.known_correct).double().mean()),
+            "known_not_named": float((~named).double().mean())}
 
 
 def choose_identification_threshold(trials: OpenSet, max_unseen_named: float = MAX_UNSEEN_NAMED,
@@ -294,7 +294,7 @@ def speakers_and_sources(*sets: Clips) -> dict:
 
 def calibrate(checkpoint: Checkpoint, known: Clips, unseen: Clips, scorer: Scorer,
               max_unseen_named: float = MAX_UNSEEN_NAMED, min_known_correct: float = MIN_KNOWN_CORRECT,
-              dev: str = "") -> dict:
+              dev: str = "", command: str = "") -> dict:
     """The calibration record (info["calibration"]) for these known and unseen clips."""
     overlap = sorted(set(unseen.speakers) & set(checkpoint.speakers))
     if overlap:
@@ -354,7 +354,7 @@ def calibrate(checkpoint: Checkpoint, known: Clips, unseen: Clips, scorer: Score
         score.update(top_k=scorer.top_k, cohort_size=len(scorer.cohort))
     return {"score": score, "identification": identification, "verification": verification,
             "probability": probability, "dev": dev,
-            "made": {"command": "python -m training.calibrate " + " ".join(map(shlex.quote, sys.argv[1:])),
+            "made": {"command": command,
                      "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}}
 
 
@@ -387,6 +387,7 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--no-progress", action="store_true")
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     progress, device = not args.no_progress, pick_device(args.device)
     try:
@@ -417,7 +418,8 @@ def main(argv=None) -> int:
     scorer = Scorer(checkpoint.cohort if use_cohort else None, args.top_k)
     dev = f"{args.speakers} split {args.split}" if args.speakers and args.split else str(args.speakers or args.audio_dir)
     checkpoint.info["calibration"] = calibrate(checkpoint, known, unseen, scorer, args.max_unseen_named,
-                                               args.min_known_correct, dev)
+                                               args.min_known_correct, dev,
+                                               "python -m training.calibrate " + " ".join(map(shlex.quote, argv)))
     save_checkpoint(checkpoint, args.out)
     record = checkpoint.info["calibration"]
     print(json.dumps({k: record[k] for k in ("score", "identification", "verification", "probability")}, indent=1))
