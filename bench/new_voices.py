@@ -209,14 +209,16 @@ def report(args, tables: dict, open_result: dict, checkpoint: Checkpoint, counts
     recognizer = Recognizer(checkpoint)
     decisions = recognizer.decisions
     lines.append(f"\n### Open set at the shipped decisions of `{args.checkpoint}`\n")
-    lines.append(f"- score: {recognizer.scorer.describe()}; identification threshold {decisions.identification.threshold:.3f}: "
-                 f"{decisions.identification.method}")
+    lines.append(f"- score: {recognizer.scorer.describe()}; identification threshold "
+                 f"{decisions.identification.threshold:.3f}: {decisions.identification.method}")
     if calibration.get("dev"):
         lines.append(f"- calibrated on: {calibration['dev']} ({calibration.get('made', {}).get('command', '')})")
     groups = sorted({g for key in ("unseen_named", "known_correct") for g in open_result[key]} - {"all"}) + ["all"]
     table_rows = [
-        ["unseen speakers' clips named as a known speaker (goal <= 10%)", *rate_cells(open_result["unseen_named"], groups)],
-        ["known speakers' held-out clips named correctly (goal >= 95%)", *rate_cells(open_result["known_correct"], groups)],
+        ["unseen speakers' clips named as a known speaker (goal <= 10%)",
+         *rate_cells(open_result["unseen_named"], groups)],
+        ["known speakers' held-out clips named correctly (goal >= 95%)",
+         *rate_cells(open_result["known_correct"], groups)],
         [f"with {open_result['enrolled']} unseen speakers enrolled: their other clips named correctly",
          *rate_cells(open_result["enrolled_correct"], groups)],
         ["... clips of unseen speakers too few to enroll, named as anyone",
@@ -273,9 +275,11 @@ def main(argv=None) -> int:
             features_of(unseen, args.audio_dir, other.feature_config)
         tables[name] = enroll_by_source(unseen, embed_ours(other, other_features).embeddings)
     if not args.no_resemblyzer:
-        tables["Resemblyzer (pretrained GE2E)"] = enroll_by_source(unseen, resemblyzer_embeddings(unseen, args.audio_dir))
+        peer = resemblyzer_embeddings(unseen, args.audio_dir)
+        tables["Resemblyzer (pretrained GE2E)"] = enroll_by_source(unseen, peer)
     open_result = open_set(checkpoint, unseen, ours, known, embed_ours(checkpoint, known_features))
-    counts = {"speakers": len({c.speaker for c in unseen}), "clips": len(unseen), "skipped": skipped, "known": len(known)}
+    counts = {"speakers": len({c.speaker for c in unseen}), "clips": len(unseen), "skipped": skipped,
+              "known": len(known)}
     text = report(args, tables, open_result, checkpoint, counts, time.perf_counter() - started)
     common.write_section("new_voices", text, None if args.quick else args.results)
     return 0

@@ -255,11 +255,11 @@ class Recognizer:
         if not is_speech:
             notes.append(f"no speech found: {speech.reason}")
         scored = self.scores(embedding)
-        if scored is None:  # a classifier without prototypes (the course baseline) and nobody enrolled
+        if scored is None:  # a closed-set classifier (the course baseline) and nobody enrolled: its softmax, no verdict
             probabilities = logits.softmax(-1)
             order = probabilities.argsort(descending=True)[: max(1, top_k)].tolist()
             matches = [Match(self.speakers[i], float(probabilities[i]), float("nan"), False) for i in order]
-            return Identification(matches, None, self.threshold, seconds, notes, 1.0, is_speech, self.scorer.kind)
+            return Identification(matches, None, self.threshold, seconds, notes, 0.0, is_speech, self.scorer.kind)
         names, scores, cosines, flags = scored
         best_index = int(scores.argmax())
         p_known = self.decisions.p_known(float(scores[best_index])) if is_speech else 0.0

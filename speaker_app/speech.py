@@ -55,8 +55,9 @@ def check_speech(features: torch.Tensor) -> SpeechCheck:
     """(T, F) log-mel features -> whether they look like speech, with the measures and a reason."""
     modulation, smooth = energy_modulation(features), continuity(features)
     if modulation < MIN_ENERGY_MODULATION:
-        reason = (f"the sound stays level instead of rising and falling like speech (a steady tone, hum, "
-                  f"hiss or constant features: energy varies by {modulation:.2f}, speech by {MIN_ENERGY_MODULATION} or more)")
+        reason = (f"the sound stays level instead of rising and falling like speech (a steady tone, hum, hiss "
+                  f"or constant features: energy varies by {modulation:.2f}, speech by {MIN_ENERGY_MODULATION} "
+                  f"or more)")
     elif smooth < MIN_CONTINUITY:
         reason = (f"its spectrum jumps from frame to frame instead of moving smoothly like speech (noise or random "
                   f"features: frame-to-frame correlation {smooth:.2f}, speech {MIN_CONTINUITY} or more)")

@@ -247,12 +247,14 @@ def test_threshold_note_says_how_it_was_set(untrained):
     checkpoint.info["calibration"] = {"threshold": 0.41, "eer": 0.052,  # the older record: one clip-vs-clip threshold
                                       "method": "equal-error-rate point on 12 held-out speakers"}
     recognizer = Recognizer(checkpoint)
-    assert describe.verification_note(recognizer) == ("Verification threshold 0.410 (cosine similarity): equal-error-rate "
-                                                      "point on 12 held-out speakers (equal error rate there: 5.2%)")
+    assert describe.verification_note(recognizer) == (
+        "Verification threshold 0.410 (cosine similarity): equal-error-rate point on 12 held-out speakers "
+        "(equal error rate there: 5.2%)")
     assert "not calibrated for clip-vs-speaker identification" in describe.identification_note(recognizer)
     checkpoint.info["calibration"] = {
         "score": {"kind": "cosine"},
-        "identification": {"threshold": 0.7, "method": "lowest threshold naming at most 10% of 40 unseen speakers' clips"},
+        "identification": {"threshold": 0.7,
+                           "method": "lowest threshold naming at most 10% of 40 unseen speakers' clips"},
         "verification": {"threshold": 0.5, "method": "equal-error-rate point of 900 clip-vs-clip trials"},
         "probability": {"slope": 12.0, "temperature": 0.05, "method": "fitted on 300 held-out trials"}}
     recognizer = Recognizer(checkpoint)

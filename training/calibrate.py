@@ -99,7 +99,8 @@ def audio_clips(root: Path, speakers: list[str] | None = None, include=(), exclu
     if speakers:
         missing = sorted(set(speakers) - set(found))
         if missing:
-            print(f"warning: {len(missing)} listed speakers have no clips under {root}, e.g. {missing[0]}", file=sys.stderr)
+            print(f"warning: {len(missing)} listed speakers have no clips under {root}, e.g. {missing[0]}",
+                  file=sys.stderr)
     rows = []
     for speaker, clips in found.items():
         if max_clips and len(clips) > max_clips:
@@ -332,7 +333,8 @@ def calibrate(checkpoint: Checkpoint, known: Clips, unseen: Clips, scorer: Score
     verification = {
         "threshold": v_threshold, "rule": "equal-error-rate point",
         "method": (f"equal-error-rate point of {len(pair_scores)} clip-vs-clip trials ({int(pair_same.sum())} "
-                   f"same-speaker) among {unseen_info['speakers']} unseen speakers ({', '.join(unseen_info['sources'])}); "
+                   f"same-speaker) among {unseen_info['speakers']} unseen speakers "
+                   f"({', '.join(unseen_info['sources'])}); "
                    f"equal error rate there {v_eer:.1%}"),
         "eer": v_eer, "min_dcf": v_dcf,
         "trials": {"pairs": len(pair_scores), "same": int(pair_same.sum())}, "unseen": unseen_info,
@@ -416,7 +418,8 @@ def main(argv=None) -> int:
     if use_cohort and checkpoint.cohort is None:
         raise SystemExit("error: --score as-norm needs a cohort: the checkpoint has none; give --cohort-dir")
     scorer = Scorer(checkpoint.cohort if use_cohort else None, args.top_k)
-    dev = f"{args.speakers} split {args.split}" if args.speakers and args.split else str(args.speakers or args.audio_dir)
+    dev = (f"{args.speakers} split {args.split}" if args.speakers and args.split
+           else str(args.speakers or args.audio_dir))
     checkpoint.info["calibration"] = calibrate(checkpoint, known, unseen, scorer, args.max_unseen_named,
                                                args.min_known_correct, dev,
                                                "python -m training.calibrate " + " ".join(map(shlex.quote, argv)))
