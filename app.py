@@ -86,13 +86,19 @@ class Handlers:
         features, notes = self.recognizer.features(source)
         result = self.recognizer.identify(features, int(top_k))
         result.notes = notes + result.notes
-        explanation = self.recognizer.explain(features)
+        try:
+            explanation = self.recognizer.explain(features)
+        except NotImplementedError as error:  # an ONNX model: no attention maps or pooling weights
+            explanation = None
+            result.notes.append(str(error))
         for note in notes:
             gr.Warning(note)
         return (describe.top_speakers(result), describe.verdict(result, self.recognizer),
                 self.features_plot(explanation), self.show_attention(explanation, layer, head), explanation)
 
-    def features_plot(self, explanation: Explanation):
+    def features_plot(self, explanation: Explanation | None):
+        if explanation is None:
+            return None
         frame_seconds = self.recognizer.features_config.frame_seconds
         title = "Log-mel features" + (f" (the first {len(explanation.features) * frame_seconds:.0f} s)"
                                       if explanation.truncated else "")
@@ -298,7 +304,8 @@ def main(argv=None) -> int:
     limit_heap_arenas()
     checkpoint, gallery = default_paths()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", type=Path, default=checkpoint, help=f"model to serve (default: {checkpoint})")
+    parser.add_argument("--checkpoint", type=Path, default=checkpoint,
+                        help=f"model to serve: a checkpoint, or an ONNX export (.onnx) (default: {checkpoint})")
     parser.add_argument("--gallery", type=Path, default=gallery,
                         help=f"folder of enrolled speakers (default: {gallery})")
     args = parser.parse_args(argv)

@@ -1,6 +1,6 @@
 """What makes the Conformer learn fast: one row per idea, alone and combined, same data, 2 seeds.
 
-    python -m bench.ablation [--rows NAME ...] [--seeds 0 1] [--steps 250] [--jobs 2] [--work DIR]
+    python -m bench.ablation [--rows NAME ...] [--seeds 0 1] [--steps 250] [--jobs 2] [--work DIR] [--device cuda]
 
 Every row is `python -m training.train` on ../shared/speech prepared as in
 bench.accuracy (20 % of each speaker's clips held out, split seed 0) with the
@@ -9,8 +9,9 @@ the steps as warm-up) plus the row's `--set` flags, scored on the held-out clips
 (top-1 among the 31 speakers, clip-vs-clip EER) with its best.pt. Runs already
 scored in --work are reused, so the command can be stopped and repeated. With
 --jobs N, N runs share the machine (one thread each), so their wall times are
-only comparable within one command. Writes the `ablation` section of
-bench/RESULTS.md.
+only comparable within one command. `--device cuda` trains on a GPU in
+float32 (`--set precision=fp32`, the CPU's arithmetic), far faster than the
+CPU. Writes the `ablation` section of bench/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -51,6 +52,13 @@ ROWS = {
     "best+rotary": ("... and rotary positions", BEST + ["model.position=rotary"]),
     "best+aam": ("... and AAM", BEST + ["model.head=aam"]),
     "best+lr4e-3": ("... and lr 4e-3", BEST + ["lr=0.004"]),
+    "best+lr1e-3": ("... and lr 1e-3", BEST + ["lr=0.001"]),
+    "best+warmup5%": ("... and a warm-up of 5 % of the steps instead of 10 %", BEST + ["warmup_steps=12"]),
+    "best+warmup20%": ("... and a warm-up of 20 % of the steps", BEST + ["warmup_steps=50"]),
+    "best+nodrop": ("... and no dropout", BEST + ["model.dropout=0"]),
+    "best-bn": ("MFA, conv2d subsample 2, LayerNorm", ["model.aggregate=mfa", "model.frontend=conv2d",
+                                                        "model.subsample=2"]),
+    "best+ramp+aam": ("... and the margin ramp with AAM", BEST + ["margin_ramp=[0.2,0.6]", "model.head=aam"]),
 }
 STEPS = 250
 
@@ -64,11 +72,13 @@ def train_and_score(name: str, seed: int, args, data: Path) -> dict:
         for path in sorted(out.iterdir(), reverse=True):
             path.unlink()
     flags = [a for setting in BEFORE + ROWS[name][1] for a in ("--set", setting)]
+    device = ["--device", "cuda", "--set", "precision=fp32"] if args.device == "cuda" else []
     command = ["-m", "training.train", "--data", str(data), "--out", str(out), "--steps", str(args.steps),
-               "--seed", str(seed), "--set", f"warmup_steps={max(1, args.steps // 10)}", "--no-progress", *flags]
+               "--seed", str(seed), "--set", f"warmup_steps={max(1, args.steps // 10)}", "--no-progress", *device,
+               *flags]
     out.parent.mkdir(parents=True, exist_ok=True)
     wall = run(command, out.with_suffix(".log"))
-    result = {**score(out, data), "wall_s": wall, "command": "python " + " ".join(command)}
+    result = {**score(out, data, args.device), "wall_s": wall, "command": "python " + " ".join(command)}
     scored.write_text(json.dumps(result))
     print(f"{name} seed {seed}: top-1 {result['top1']:.4f}, EER {result['eer']:.4f}, {wall:.0f} s", flush=True)
     return result
@@ -96,8 +106,10 @@ def report(results: dict, args, wall_s: float) -> str:
         f"(`{' '.join('--set ' + f for f in BEFORE)}`) and then the row's own flags; DATA is "
         "`../shared/speech` prepared as in bench.accuracy (612 held-out clips of 31 speakers). Top-1 and "
         "the clip-vs-clip EER on the held-out clips with the run's best.pt, mean ± standard deviation over "
-        f"seeds {', '.join(map(str, args.seeds))}. Wall time: the whole training command, with {args.jobs} "
-        "runs sharing the 2-core machine (compare wall times within this table only).\n",
+        f"seeds {', '.join(map(str, args.seeds))}. "
+        + ("Trained on the GPU in float32 (`--device cuda --set precision=fp32`). " if args.device == "cuda" else "")
+        + f"Wall time: the whole training command, with {args.jobs} runs sharing the machine (compare wall "
+        "times within this table only).\n",
         common.table(["row", "what changes", "seeds", "params", "top-1 %", "EER %", "wall (s)", "row's flags"], rows),
     ]) + "\n"
 
@@ -108,6 +120,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--steps", type=int, default=STEPS)
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time (each with one thread when above 1)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--speech", type=Path, default=common.SPEECH)
     parser.add_argument("--work", type=Path, default=Path("runs/ablation"))
     parser.add_argument("--results", type=Path, default=common.RESULTS)

@@ -40,12 +40,11 @@ def versions() -> str:
     import torchaudio
 
     parts = [f"Python {platform.python_version()}", f"torch {torch.__version__}", f"torchaudio {torchaudio.__version__}"]
-    try:
-        import speechbrain
-
-        parts.append(f"speechbrain {speechbrain.__version__}")
-    except ImportError:
-        pass
+    for name in ("speechbrain", "onnxruntime"):
+        try:
+            parts.append(f"{name} {__import__(name).__version__}")
+        except ImportError:
+            pass
     return ", ".join(parts)
 
 

@@ -138,8 +138,13 @@ def save_checkpoint(checkpoint: Checkpoint, path: str | Path, keep_previous: boo
 
 
 def load_checkpoint(path: str | Path, fallback: bool = False) -> Checkpoint:
-    """Load safely (weights_only). With `fallback`, a damaged file gives way to `<path>.prev`."""
+    """Load safely (weights_only). With `fallback`, a damaged file gives way to `<path>.prev`.
+    A `.onnx` file (training.export) loads as an OnnxCheckpoint, run by onnxruntime."""
     path = Path(path)
+    if path.suffix.lower() == ".onnx":
+        from .onnx_model import load_onnx  # onnxruntime is optional: imported only for ONNX files
+
+        return load_onnx(path)
     try:
         return _load(path)
     except CheckpointError as error:

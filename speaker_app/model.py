@@ -238,11 +238,12 @@ class AttentiveStatsPooling(nn.Module):
         The statistics are computed in float32 with the centred formula: under bf16 autocast,
         E[x^2] - mean^2 loses every digit of a small variance."""
         scores = self.score(x).squeeze(-1).float().masked_fill(~mask, float("-inf"))
-        weights = scores.softmax(dim=-1)  # (B, T)
-        x = x.float()
-        mean = torch.einsum("bt,btd->bd", weights, x)
-        var = torch.einsum("bt,btd->bd", weights, (x - mean[:, None]).square())
-        std = var.clamp(min=1e-5).sqrt()
+        with torch.autocast(x.device.type, enabled=False):  # autocast would run the sums in bf16 again
+            weights = scores.softmax(dim=-1)  # (B, T)
+            x = x.float()
+            mean = torch.einsum("bt,btd->bd", weights, x)
+            var = torch.einsum("bt,btd->bd", weights, (x - mean[:, None]).square())
+            std = var.clamp(min=1e-5).sqrt()
         return torch.cat([mean, std], dim=-1), weights
 
 
@@ -438,7 +439,10 @@ class SpeakerModel(nn.Module):
     def _check(self, features: torch.Tensor, lengths: torch.Tensor):
         if features.dim() != 3 or features.shape[-1] != self.config.n_mels:
             raise ValueError(f"features must be (B, T, {self.config.n_mels}), got {tuple(features.shape)}")
-        if lengths.shape != features.shape[:1] or int(lengths.min()) < 1 or int(lengths.max()) > features.shape[1]:
+        # A graph being exported cannot read values (training.export): the ONNX adapter checks them instead.
+        outside = not torch.compiler.is_exporting() and (
+            int(lengths.min()) < 1 or int(lengths.max()) > features.shape[1])
+        if lengths.shape != features.shape[:1] or outside:
             raise ValueError(f"lengths must be (B,) within [1, T={features.shape[1]}], got {lengths.tolist()}")
 
     def _embed(self, features, lengths, return_weights=False):

@@ -36,6 +36,7 @@ class TrainConfig:
     workers: int = 2  # loader processes, only when features are read from disk
     preload_gb: float = 8.0  # hold features in memory (float16) when they fit in this
     compile: bool = False
+    precision: str = "bf16"  # on CUDA: "bf16" autocast or "fp32"; the CPU always trains in float32
 
     def __post_init__(self):
         positive = ("steps", "batch_size", "segment_frames", "valid_every", "valid_max_frames")
@@ -46,6 +47,8 @@ class TrainConfig:
             raise ValueError(f"valid_fraction must be in [0, 1), got {self.valid_fraction}")
         if self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.precision not in ("bf16", "fp32"):
+            raise ValueError(f"precision must be 'bf16' or 'fp32', got {self.precision!r}")
         start, end = self.margin_ramp
         if not 0 <= start <= end <= 1:
             raise ValueError(f"margin_ramp must be two fractions of the steps, 0 <= start <= end <= 1, got {self.margin_ramp}")

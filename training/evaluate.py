@@ -30,7 +30,9 @@ from speaker_app.features import AudioError, features_from_file
 from speaker_app.inference import infer
 from speaker_app.scoring import Scorer, centroid, cosine, equal_error_rate, min_dcf
 
-from .config import TrainConfig, from_dict
+from speaker_app.configs import from_dict
+
+from .config import TrainConfig
 from .data import DataError, load_features, read_labelled, read_speakers, read_test, split_utterances
 from .prepare import find_clips
 

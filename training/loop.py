@@ -65,19 +65,19 @@ def margin_at(step: int, config: TrainConfig) -> float:
     return config.model.margin * ramp
 
 
-def autocast(device: torch.device):
-    """bf16 autocast on CUDA; a no-op on the CPU."""
-    if device.type == "cuda":
+def autocast(device: torch.device, precision: str = "bf16"):
+    """bf16 autocast on CUDA (unless precision is "fp32"); a no-op on the CPU."""
+    if device.type == "cuda" and precision == "bf16":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
-def train_step(model, network, batch, augment, generator, optimizer, scheduler, config, device, precision=None):
+def train_step(model, network, batch, augment, generator, optimizer, scheduler, config, device, context=None):
     """One optimisation step on a (features, lengths, labels) batch -> loss and correct count (tensors, no sync).
-    `precision` is an autocast context for the forward pass (default: `autocast(device)`)."""
+    `context` wraps the forward pass (default: the autocast of the config's precision on `device`)."""
     features, lengths, labels = (t.to(device, non_blocking=True) for t in batch)
     features = augment(features, lengths, generator)
-    with precision if precision is not None else autocast(device):
+    with context if context is not None else autocast(device, config.precision):
         logits = network(features, lengths, labels)
         loss = F.cross_entropy(logits.float(), labels)
     optimizer.zero_grad(set_to_none=True)
@@ -91,14 +91,14 @@ def train_step(model, network, batch, augment, generator, optimizer, scheduler, 
 
 
 @torch.no_grad()
-def evaluate(model: SpeakerModel, bank: FeatureBank, device, max_frames: int) -> dict:
+def evaluate(model: SpeakerModel, bank: FeatureBank, device, max_frames: int, precision: str = "bf16") -> dict:
     """Loss (without margin), top-1 and top-5 accuracy on full utterances."""
     was_training = model.training
     model.eval()
     total = {"loss": 0.0, "top1": 0, "top5": 0}
     for index in length_batches(bank.lengths.tolist(), max_frames):
         features, lengths, labels = (t.to(device) for t in bank.whole(index))
-        with autocast(device):
+        with autocast(device, precision):
             logits = model(features, lengths).float()
         total["loss"] += F.cross_entropy(logits, labels, reduction="sum").item()
         top = logits.topk(min(5, logits.shape[1]), dim=-1).indices
@@ -156,7 +156,7 @@ class Run:
 def validate_and_save(run: Run, model, optimizer, scheduler, valid_bank, device, window: dict) -> dict:
     """Rank 0: validate, log a metrics row, write best.pt when it improved and last.pt always."""
     metrics = {"step": run.step, "train_loss": window["loss"], "train_acc": window["acc"],
-               **evaluate(model, valid_bank, device, run.config.valid_max_frames),
+               **evaluate(model, valid_bank, device, run.config.valid_max_frames, run.config.precision),
                "lr": scheduler.get_last_lr()[0], "steps_per_s": window["steps_per_s"],
                "elapsed_s": window["elapsed_s"]}
     append_metrics(run.out / "metrics.csv", metrics)

@@ -1,7 +1,8 @@
 """Turn folders of audio clips into the course data layout.
 
     python -m training.prepare AUDIO_DIR [AUDIO_DIR ...] OUT_DIR [--test-fraction F | --test-list FILE]
-                               [--include GLOB] [--exclude GLOB] [--exclude-from FILE] [--speed 0.9,1.1]
+                               [--include GLOB] [--include-from FILE] [--exclude GLOB] [--exclude-from FILE]
+                               [--speed 0.9,1.1]
                                [--seed S] [--workers N]
 
 A clip's speaker is its parent folder relative to its AUDIO_DIR: `root/spk/x.wav`
@@ -193,6 +194,8 @@ def main(argv=None) -> int:
     parser.add_argument("--workers", type=int, help="parallel processes (default: CPU count, at most 8)")
     parser.add_argument("--include", action="append", default=[], metavar="PATTERN",
                         help="only speakers matching this glob, e.g. 'vcc2016/*' (repeatable)")
+    parser.add_argument("--include-from", type=Path, action="append", default=[], metavar="FILE",
+                        help="only the speakers this file lists (the last field of each line)")
     parser.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
                         help="leave out speakers matching this glob (repeatable)")
     parser.add_argument("--exclude-from", type=Path, action="append", default=[], metavar="FILE",
@@ -211,8 +214,9 @@ def main(argv=None) -> int:
     if any(not 0.5 <= v <= 2 or v == 1 for v in speeds):
         parser.error("--speed factors must lie in [0.5, 2] and differ from 1")
     *roots, out = args.paths
+    include = args.include + [name for path in args.include_from for name in read_list(path)]
     exclude = args.exclude + [name for path in args.exclude_from for name in read_list(path)]
-    summary = prepare(roots, out, args.test_fraction, args.seed, args.workers, args.include, exclude,
+    summary = prepare(roots, out, args.test_fraction, args.seed, args.workers, include, exclude,
                       progress=not args.quiet, test_list=read_list(args.test_list) if args.test_list else None,
                       speeds=speeds)
     for relative, reason in sorted(summary["skipped"].items()):

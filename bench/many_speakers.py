@@ -1,0 +1,182 @@
+"""What helps new voices: training recipes on the many-speaker corpus, measured on unseen speakers.
+
+    python -m bench.many_speakers --data PREPARED --dev PREPARED_DEV [--rows NAME ...] [--seeds 0 1]
+                                  [--steps 1000] [--jobs 2] [--work DIR]
+
+PREPARED is ../shared/speech and the corpus (../shared/corpora, built with its
+build.sh) prepared together with speed copies, without the development speakers,
+holding out the 31 speakers' test clips of the default model:
+
+    python -m training.prepare ../shared/speech CORPUS DATA --test-list HELD_OUT_31 \\
+        --exclude-from bench/dev_speakers.txt --speed 0.9,1.1
+
+and PREPARED_DEV the calibration half of bench/dev_speakers.txt prepared with
+`--test-fraction 0 --include-from`. Each row trains `python -m training.train`
+on a view of PREPARED (a folder of links that keeps some speakers: without the
+speed copies unless the row asks for them) with the row's flags, then scores its
+best.pt: enroll-5 top-1, EER and minDCF (p_target 0.01) of clip-vs-speaker trials
+on the unseen development speakers (`training.evaluate.enrollment`), and top-1
+of the 31 speakers' held-out clips among all the model's classes. Runs already
+scored in --work are reused. Writes the `many-speakers` section of bench/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from speaker_app.checkpoint import load_checkpoint
+from speaker_app.inference import infer
+from training.data import load_features, read_labelled, read_speakers
+from training.evaluate import enrollment
+
+from . import common
+from .accuracy import run, score
+
+WORDS = ("speechcommands", "arabic_speechcommands")  # sources of 1-second single words
+# name -> (what the row changes, which speakers it keeps, its --set flags)
+ROWS = {
+    "base": ("every speaker (1 clip or more), speaker-balanced, no speed copies", "all", []),
+    "min3": ("only speakers with 3 clips or more", "min3", []),
+    "speed": ("speed copies (0.9, 1.1) as new speakers", "speed", []),
+    "no-words": ("without the 1-s word sources (Speech Commands, Arabic Speech Commands)", "no-words", []),
+    "per-clip": ("clips drawn uniformly instead of speaker-balanced", "all", ["balance_speakers=false"]),
+    "aam": ("additive angular margin (AAM) instead of AM", "all", ["model.head=aam"]),
+    "ramp": ("margin ramped in (none until 20 % of the steps, full from 60 %)", "all", ["margin_ramp=[0.2,0.6]"]),
+    "crop300": ("3-s crops instead of 2-s", "all", ["segment_frames=300"]),
+    "no-aug": ("no augmentation", "all", ["augment.bandlimit_prob=0", "augment.noise_prob=0", "augment.freq_masks=0",
+                                         "augment.time_masks=0"]),
+    "emb256": ("256-dim embedding instead of 192", "all", ["model.emb_dim=256"]),
+}
+STEPS = 1000
+
+
+def keeps(view: str, speaker: str, n_clips: int) -> bool:
+    base, speed = speaker.partition("@")[::2]
+    if speed and view != "speed":
+        return False
+    if view == "min3":
+        return n_clips >= 3
+    if view == "no-words":
+        return base.split("/")[0] not in WORDS
+    return True
+
+
+def make_view(source: Path, target: Path, view: str) -> Path:
+    """A course-layout folder of links to `source`'s features that keeps the speakers of `view`;
+    the held-out test clips stay whole."""
+    if (target / "test_labels.csv").exists():
+        return target
+    metadata = json.loads((source / "metadata.json").read_text())
+    counts = {s: len(items) for s, items in metadata["speakers"].items()}
+    test = json.loads((source / "testdata.json").read_text())
+    tested = {line.split(",")[1] for line in (source / "test_labels.csv").read_text().splitlines()[1:]}
+    kept = sorted(s for s in metadata["speakers"] if keeps(view, s, counts[s]) or s in tested)
+    target.mkdir(parents=True, exist_ok=True)
+    for item in [u for s in kept for u in metadata["speakers"][s]] + test["utterances"]:
+        link = target / item["feature_path"]
+        if not link.exists():
+            os.symlink(source.resolve() / item["feature_path"], link)
+    (target / "mapping.json").write_text(json.dumps({"speaker2id": {s: i for i, s in enumerate(kept)},
+                                                      "id2speaker": {str(i): s for i, s in enumerate(kept)}}))
+    (target / "metadata.json").write_text(json.dumps({**metadata, "speakers": {s: metadata["speakers"][s] for s in kept}}))
+    for name in ("testdata.json", "feature_config.json", "test_labels.csv"):
+        (target / name).write_text((source / name).read_text())
+    return target
+
+
+def new_voices(checkpoint_path: Path, dev: Path) -> dict:
+    """Enroll-5 identification and clip-vs-speaker EER on the development speakers."""
+    checkpoint = load_checkpoint(checkpoint_path)
+    speakers = read_speakers(dev)
+    items = read_labelled(dev, speakers)
+    features = [load_features(dev / u.path, checkpoint.feature_config.n_mels) for u in items]
+    outputs = infer(checkpoint.build_model(), features)
+    return enrollment([speakers[u.speaker] for u in items], [u.path for u in items], outputs.embeddings, 5)
+
+
+def train_and_score(name: str, seed: int, args) -> dict:
+    out = args.work / "runs" / f"{name}-seed{seed}"
+    scored = out / "score.json"
+    if scored.exists():
+        return json.loads(scored.read_text())
+    if out.exists():  # an interrupted run: start it again
+        for path in out.iterdir():
+            path.unlink()
+    idea, view, flags = ROWS[name]
+    data = make_view(args.data, args.work / f"view-{view}", view)
+    command = ["-m", "training.train", "--data", str(data), "--out", str(out), "--steps", str(args.steps),
+               "--seed", str(seed), "--set", f"warmup_steps={max(1, args.steps // 10)}",
+               "--set", f"valid_every={args.steps // 2}", "--no-progress",
+               *[a for flag in flags for a in ("--set", flag)]]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    wall = run(command, out.with_suffix(".log"))
+    result = {**score(out, data), **new_voices(out / "best.pt", args.dev), "wall_s": wall,
+              "speakers": len(read_speakers(data)), "command": "python " + " ".join(command)}
+    scored.write_text(json.dumps(result))
+    print(f"{name} seed {seed}: enroll-5 top-1 {result['enroll_top1']:.4f}, EER {result['eer']:.4f}, "
+          f"31-speaker top-1 {result['top1']:.4f}, {wall:.0f} s", flush=True)
+    return result
+
+
+def mean_std(values: list[float]) -> str:
+    spread = f" ± {statistics.stdev(values) * 100:.1f}" if len(values) > 1 else ""
+    return f"{statistics.fmean(values) * 100:.1f}{spread}"
+
+
+def report(results: dict, args, wall_s: float) -> str:
+    rows = []
+    for name, (idea, view, flags) in ROWS.items():
+        runs = [results[name, seed] for seed in args.seeds if (name, seed) in results]
+        if not runs:
+            continue
+        rows.append([f"`{name}`", idea, runs[0]["speakers"], len(runs), mean_std([r["enroll_top1"] for r in runs]),
+                     mean_std([r["eer"] for r in runs]),
+                     mean_std([r["min_dcf"] for r in runs]) if "min_dcf" in runs[0] else "",
+                     mean_std([r["top1"] for r in runs]), f"{statistics.fmean(r['wall_s'] for r in runs):.0f}",
+                     f"view `{view}`" + (" " + " ".join(f"`--set {f}`" for f in flags) if flags else "")])
+    return "\n".join([
+        common.header("New voices: what helps on unseen speakers (CPU)", wall_s),
+        f"Each row: `python -m training.train --data VIEW --out RUN --steps {args.steps} --seed SEED --set "
+        f"warmup_steps={max(1, args.steps // 10)} --set valid_every={args.steps // 2}` plus the row's flags, with the "
+        "default model; VIEW keeps the row's speakers of ../shared/speech and the corpus (../shared/corpora) prepared "
+        "without the development speakers (see the module's docstring). Enroll-5 top-1, EER and minDCF: "
+        f"clip-vs-speaker trials on the calibration half of the unseen development speakers ({args.dev_summary}); "
+        "31-speaker top-1: the 612 held-out clips of ../shared/speech among all the model's classes. Mean ± standard "
+        f"deviation over seeds {', '.join(map(str, args.seeds))}; {args.jobs} runs at a time on the 2-core CPU.\n",
+        common.table(["row", "what changes", "classes", "seeds", "enroll-5 top-1 %", "EER %", "minDCF", "31-speaker top-1 %",
+                      "wall (s)", "data and flags"], rows),
+    ]) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.many_speakers", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, required=True, help="the prepared many-speaker folder (with speed copies)")
+    parser.add_argument("--dev", type=Path, required=True, help="the prepared calibration development speakers")
+    parser.add_argument("--rows", nargs="+", choices=list(ROWS), default=list(ROWS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--steps", type=int, default=STEPS)
+    parser.add_argument("--jobs", type=int, default=1, help="runs at a time (each with one thread when above 1)")
+    parser.add_argument("--work", type=Path, default=Path("runs/many-speakers"))
+    parser.add_argument("--results", type=Path, default=common.RESULTS)
+    args = parser.parse_args(argv)
+    if args.jobs > 1:
+        os.environ["OMP_NUM_THREADS"] = "1"  # inherited by the training processes
+    dev_items = read_labelled(args.dev, read_speakers(args.dev))
+    args.dev_summary = f"{len(read_speakers(args.dev))} speakers, {len(dev_items)} clips"
+    started = time.perf_counter()
+    jobs = [(name, seed) for seed in args.seeds for name in args.rows]
+    with ThreadPoolExecutor(args.jobs) as pool:
+        results = dict(zip(jobs, pool.map(lambda job: train_and_score(*job, args), jobs)))
+    common.write_section("many-speakers", report(results, args, time.perf_counter() - started), args.results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
