@@ -1,7 +1,8 @@
 """New voices: enroll-5 identification and open-set decisions on unseen speakers, ours beside peers.
 
     python -m bench.new_voices --checkpoint CKPT --audio-dir CORPUS [--model NAME=CKPT ...] [--no-resemblyzer]
-        [--speakers bench/dev_speakers.txt] [--split test] [--speech ../shared/speech] [--max-clips 40] [--quick]
+        [--speakers bench/dev_speakers.txt] [--split test] [--speech ../shared/speech] [--max-clips 40]
+        [--cache runs/new-voices-cache] [--quick]
 
 CORPUS is the many-speaker corpus (../shared/corpora/build.sh), `SOURCE/SPEAKER/clips`;
 the speakers are the `--split` half of `--speakers` (bench/dev_speakers.txt: the
@@ -29,6 +30,7 @@ Writes the `new_voices` section of bench/RESULTS.md (not with --quick).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import sys
 import tempfile
 import time
@@ -82,10 +84,16 @@ def embed_ours(checkpoint: Checkpoint, features: list[torch.Tensor]) -> Embedded
     return Embedded(outputs.embeddings, outputs.logits, features)
 
 
-def resemblyzer_embeddings(clips: list[Clip], root: Path) -> torch.Tensor:
-    """(N, 256) GE2E embeddings: the package's own preprocessing (16 kHz, volume, VAD trimming)."""
+def resemblyzer_embeddings(clips: list[Clip], root: Path, cache: Path | None = None) -> torch.Tensor:
+    """(N, 256) GE2E embeddings: the package's own preprocessing (16 kHz, volume, VAD trimming).
+    They depend only on the clips, so `cache` keeps them for the next run (an hour of CPU for ~2,700 clips)."""
     import librosa
     from resemblyzer import VoiceEncoder, preprocess_wav
+
+    key = hashlib.sha1("\n".join([str(root.resolve()), *(c.path for c in clips)]).encode()).hexdigest()[:16]
+    cached = cache / f"resemblyzer-{key}.pt" if cache else None
+    if cached and cached.is_file():
+        return torch.load(cached, weights_only=True)
 
     encoder = VoiceEncoder("cpu", verbose=False)
     rows = []
@@ -94,7 +102,11 @@ def resemblyzer_embeddings(clips: list[Clip], root: Path) -> torch.Tensor:
         if len(wave) < 1600:  # the VAD kept under 0.1 s: use the whole clip
             wave, _ = librosa.load(root / clip.path, sr=16000)
         rows.append(torch.from_numpy(encoder.embed_utterance(wave)))
-    return torch.nn.functional.normalize(torch.stack(rows), dim=-1)
+    embeddings = torch.nn.functional.normalize(torch.stack(rows), dim=-1)
+    if cached:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(embeddings, cached)
+    return embeddings
 
 
 # -- 1. enroll-5 ---------------------------------------------------------------------------------
@@ -238,6 +250,8 @@ def main(argv=None) -> int:
     parser.add_argument("--audio-dir", required=True, type=Path, help="the many-speaker corpus")
     parser.add_argument("--model", action="append", default=[], metavar="NAME=CKPT", help="more models to compare")
     parser.add_argument("--no-resemblyzer", action="store_true")
+    parser.add_argument("--cache", type=Path, default=Path("runs/new-voices-cache"),
+                        help="where Resemblyzer's embeddings of these clips are kept between runs")
     parser.add_argument("--speakers", type=Path, default=common.BENCH / "dev_speakers.txt")
     parser.add_argument("--split", default="test")
     parser.add_argument("--speech", type=Path, default=common.SPEECH)
@@ -275,7 +289,7 @@ def main(argv=None) -> int:
             features_of(unseen, args.audio_dir, other.feature_config)
         tables[name] = enroll_by_source(unseen, embed_ours(other, other_features).embeddings)
     if not args.no_resemblyzer:
-        peer = resemblyzer_embeddings(unseen, args.audio_dir)
+        peer = resemblyzer_embeddings(unseen, args.audio_dir, args.cache)
         tables["Resemblyzer (pretrained GE2E)"] = enroll_by_source(unseen, peer)
     open_result = open_set(checkpoint, unseen, ours, known, embed_ours(checkpoint, known_features))
     counts = {"speakers": len({c.speaker for c in unseen}), "clips": len(unseen), "skipped": skipped,
