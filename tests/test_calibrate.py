@@ -93,3 +93,25 @@ def test_the_command_calibrates_and_the_app_reads_it(speech_dir, tmp_path):
     assert recognizer.scorer.kind == "as-norm" and recognizer.threshold == identification["threshold"]
     assert recognizer.verification_threshold == record["verification"]["threshold"]
     assert recognizer.decisions.probability_calibrated and recognizer.decisions.identification.calibrated
+
+
+def test_known_clips_can_come_from_a_prepared_folder(speech_dir, tmp_path):
+    """--known-data: the test split of a folder `training.prepare` made (here of 2 x 8 linked clips)."""
+    from training import prepare
+
+    for speaker in ("vcc2016/SF1", "vcc2016/SM1"):
+        (tmp_path / "audio" / speaker).mkdir(parents=True)
+        for clip in sorted((speech_dir / speaker).glob("*.flac"))[:8]:
+            (tmp_path / "audio" / speaker / clip.name).symlink_to(clip)
+    prepare.main([str(tmp_path / "audio"), str(tmp_path / "prepared"), "--test-fraction", "0.25", "--workers", "1",
+                  "--quiet"])
+    torch.manual_seed(0)
+    config = ModelConfig(d_model=16, n_heads=2, n_layers=1, ff_dim=32, emb_dim=8)
+    checkpoint = Checkpoint(config, FeatureConfig(), ["vcc2016/SF1", "vcc2016/SM1"],
+                            build_model(config, 2).state_dict())
+    model = checkpoint.build_model()
+    known = calibrate.known_clips(checkpoint, model, tmp_path / "prepared", speech_dir, progress=False)
+    assert sorted(set(known.speakers)) == ["vcc2016/SF1", "vcc2016/SM1"] and len(known.speakers) == 4
+    assert known.embeddings.shape == (4, 8) and known.speech.all()
+    with pytest.raises(SystemExit, match="records no held-out clips"):
+        calibrate.known_clips(checkpoint, model, None, speech_dir, progress=False)
