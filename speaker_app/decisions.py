@@ -37,8 +37,13 @@ MAX_PROBABILITY = 0.99  # a few hundred calibration trials cannot support more c
 @dataclass(frozen=True)
 class Rule:
     threshold: float
-    method: str  # how the threshold was set, for people
+    method: str  # how the threshold was set, for people, with its trials and measured rates
     calibrated: bool  # fitted for this decision, on this model's scores
+    rule: str = ""  # the method in brief
+
+    @property
+    def summary(self) -> str:
+        return self.rule or self.method
 
 
 @dataclass(frozen=True)
@@ -99,4 +104,4 @@ class Decisions:
 def _rule(record: dict | None, score: str) -> Rule:
     if not record or record.get("threshold") is None:
         return Rule(DEFAULT_THRESHOLD[score], f"a default for {score} scores: this checkpoint is not calibrated", False)
-    return Rule(float(record["threshold"]), record.get("method") or "calibrated", True)
+    return Rule(float(record["threshold"]), record.get("method") or "calibrated", True, record.get("rule") or "")

@@ -33,10 +33,11 @@ def score_name(kind: str) -> str:
     return "AS-norm score" if kind == "as-norm" else "cosine similarity"
 
 
-def identification_note(recognizer: Recognizer) -> str:
+def identification_note(recognizer: Recognizer, brief: bool = False) -> str:
     """How the identification (clip vs speaker) threshold was set, from the checkpoint's calibration."""
     rule = recognizer.decisions.identification
-    text = f"Identification threshold {rule.threshold:.3f} ({score_name(recognizer.scorer.kind)}): {rule.method}"
+    text = (f"Identification threshold {rule.threshold:.3f} ({score_name(recognizer.scorer.kind)}): "
+            f"{rule.summary if brief else rule.method}")
     return text if rule.calibrated else text + "; names are a rough guide"
 
 
@@ -47,8 +48,11 @@ def verification_note(recognizer: Recognizer) -> str:
     return text if rule.calibrated else text + "; same/different decisions are a rough guide"
 
 
-def probability_note(recognizer: Recognizer) -> str:
+def probability_note(recognizer: Recognizer, brief: bool = False) -> str:
     decisions = recognizer.decisions
+    if brief:
+        how = "fitted on held-out trials" if decisions.probability_calibrated else "defaults, not fitted"
+        return f"Probabilities: P(known speaker), at most 99%, times each speaker's share ({how})"
     return (f"Probabilities: P(known speaker) rises with the best score (slope {decisions.slope:.3g}, 50% at the "
             f"identification threshold, at most 99%) and is shared among the speakers by a softmax at "
             f"temperature {decisions.temperature:.3g}; the rest is \"{UNKNOWN}\" ({decisions.probability_method})")
@@ -77,8 +81,9 @@ def verdict(result: Identification, recognizer: Recognizer) -> str:
         lines.append(f"### Unknown speaker\nno known speaker is close enough: the closest, "
                      f"{markdown_text(display_name(nearest))}, has {name} **{nearest.score:.3f}** "
                      f"< identification threshold {result.threshold:.3f}; {known}")
-    lines.append(f"Analysed {result.seconds:.2f} s of speech (silence removed). {identification_note(recognizer)}. "
-                 f"{probability_note(recognizer)}.")
+    lines.append(f"Analysed {result.seconds:.2f} s of speech (silence removed). "
+                 f"{identification_note(recognizer, brief=True)}. {probability_note(recognizer, brief=True)}; "
+                 "the Model tab says how each was set.")
     lines += [f"Note: {note}." for note in result.notes]
     return "\n\n".join(lines)
 
