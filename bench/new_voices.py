@@ -210,9 +210,11 @@ def rate_cells(rates: dict, groups: list[str]) -> list[str]:
 
 def report(args, tables: dict, open_result: dict, checkpoint: Checkpoint, counts: dict, wall_s: float) -> str:
     lines = [common.header("New voices: unseen speakers, enroll-5 and open set", wall_s)]
-    lines.append(f"Speakers: the `{args.split}` half of `{args.speakers}` under the many-speaker corpus "
+    speakers = args.speakers.resolve()
+    shown = speakers.relative_to(common.REPO) if speakers.is_relative_to(common.REPO) else speakers
+    lines.append(f"Speakers: the `{args.split}` half of `{shown}` under the many-speaker corpus "
                  f"({counts['speakers']} speakers, {counts['clips']} clips, at most {args.max_clips} per speaker; "
-                 f"{counts['skipped']} clips could not be decoded). Thresholds were fitted on the other half. "
+                 f"undecodable clips left out: {counts['skipped']}). Thresholds were fitted on the other half. "
                  f"Known speakers' held-out clips: {counts['known']} under `{args.speech}`.\n")
     lines.append(f"### Enroll-{ENROLL}: identify among the enrolled, clip-vs-speaker EER and minDCF (p_target 0.01)\n")
     rows = [row for name, results in tables.items() for row in enroll_rows(name, results)]
