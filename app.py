@@ -210,7 +210,7 @@ class Handlers:
 
     @user_errors
     def verify(self, first: str | None, second: str | None):
-        """-> verdict and cosine similarity."""
+        """-> verdict and the decision score (cosine similarity, or AS-norm when the model carries a cohort)."""
         if not first or not second:
             raise InputError("give two clips: upload or record one on each side")
         result = self.recognizer.verify(first, second)
@@ -316,15 +316,15 @@ def enroll_tab(handlers: Handlers, visitor: list):
 
 
 def verify_tab(handlers: Handlers):
-    gr.Markdown("Are two clips the same speaker? The cosine similarity of their embeddings is compared "
-                f"with a threshold. {describe.threshold_note(handlers.recognizer)}")
+    gr.Markdown(f"Are two clips the same speaker? The {describe.score_name(handlers.recognizer.scorer.kind)} of "
+                f"their embeddings is compared with a threshold. {describe.verification_note(handlers.recognizer)}.")
     with gr.Row():
         first = gr.Audio(sources=["upload", "microphone"], type="filepath", label="First clip")
         second = gr.Audio(sources=["upload", "microphone"], type="filepath", label="Second clip")
     button = gr.Button("Compare", variant="primary")
     verdict = gr.Markdown(elem_id="verify-verdict")
     # The verdict shows the score; this hidden number gives API clients the value itself.
-    score = gr.Number(label="Cosine similarity", interactive=False, visible=False)
+    score = gr.Number(label="Score (cosine, or AS-norm with a cohort)", interactive=False, visible=False)
     button.click(handlers.verify, [first, second], [verdict, score], api_name="verify", concurrency_id=MODEL,
                  concurrency_limit=MAX_BATCH)
 

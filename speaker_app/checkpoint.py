@@ -34,6 +34,9 @@ class Checkpoint:
     metrics: dict = field(default_factory=dict)
     info: dict = field(default_factory=dict)  # training data, config, calibration, ...
     training_state: dict = field(default_factory=dict)  # optimizer, scheduler, RNG: last.pt only
+    # (K, E) unit embeddings of training speakers that are not among `speakers` (their AM-softmax class
+    # weights): the cohort that adaptive score normalisation compares each side of a trial with.
+    cohort: torch.Tensor | None = None
 
     def build_model(self) -> SpeakerModel:
         model = build_model(self.model_config, len(self.speakers))
@@ -57,6 +60,7 @@ class Checkpoint:
             "metrics": self.metrics,
             "info": self.info,
             "training_state": self.training_state,
+            **({"cohort": self.cohort} if self.cohort is not None else {}),
         }
 
     @classmethod
@@ -74,6 +78,7 @@ class Checkpoint:
                 speakers=list(data["speakers"]), state_dict=data["state_dict"],
                 step=int(data.get("step", 0)), metrics=dict(data.get("metrics", {})),
                 info=dict(data.get("info", {})), training_state=dict(data.get("training_state", {})),
+                cohort=data.get("cohort"),
             )
         except (TypeError, ValueError) as error:
             raise CheckpointError(f"checkpoint config is invalid: {error}") from None
@@ -81,7 +86,19 @@ class Checkpoint:
         if features != model:
             raise CheckpointError(f"checkpoint does not fit together: its feature config makes {features} mel bins, "
                                   f"its model expects {model}")
+        check_cohort(checkpoint.cohort, checkpoint.model_config.emb_dim)
         return checkpoint
+
+
+def check_cohort(cohort, emb_dim: int) -> None:
+    """A cohort is None or a finite floating-point (K, emb_dim) tensor with K >= 2."""
+    if cohort is None:
+        return
+    if not isinstance(cohort, torch.Tensor) or cohort.dim() != 2 or len(cohort) < 2 or cohort.shape[1] != emb_dim:
+        shape = tuple(cohort.shape) if isinstance(cohort, torch.Tensor) else type(cohort).__name__
+        raise CheckpointError(f"checkpoint's cohort must be a (K >= 2, {emb_dim}) tensor, got {shape}")
+    if not cohort.dtype.is_floating_point or not torch.isfinite(cohort).all():
+        raise CheckpointError("checkpoint's cohort must hold finite floating-point values")
 
 
 def save_checkpoint(checkpoint: Checkpoint, path: str | Path, keep_previous: bool = False) -> None:

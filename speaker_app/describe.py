@@ -20,51 +20,84 @@ def display_name(match: Match) -> str:
     return f"{match.name} (enrolled)" if match.enrolled else match.name
 
 
+UNKNOWN = "unknown speaker"  # the share of "none of these" among the top-k probabilities
+
+
 def top_speakers(result: Identification) -> dict[str, float]:
-    """{name: probability} best first, as `gr.Label` takes it."""
-    return {display_name(m): m.probability for m in result.matches}
+    """{name: probability} best first, as `gr.Label` takes it, with the share of "unknown speaker"."""
+    shares = {display_name(m): m.probability for m in result.matches}
+    shares[UNKNOWN] = result.unknown
+    return dict(sorted(shares.items(), key=lambda item: -item[1]))
+
+
+def score_name(kind: str) -> str:
+    return "AS-norm score" if kind == "as-norm" else "cosine similarity"
+
+
+def identification_note(recognizer: Recognizer, brief: bool = False) -> str:
+    """How the identification (clip vs speaker) threshold was set, from the checkpoint's calibration."""
+    rule = recognizer.decisions.identification
+    text = (f"Identification threshold {rule.threshold:.3f} ({score_name(recognizer.scorer.kind)}): "
+            f"{rule.summary if brief else rule.method}")
+    return text if rule.calibrated else text + "; names are a rough guide"
+
+
+def verification_note(recognizer: Recognizer) -> str:
+    """How the verification (clip vs clip, same/different) threshold was set."""
+    rule = recognizer.decisions.verification
+    text = f"Verification threshold {rule.threshold:.3f} ({score_name(recognizer.scorer.kind)}): {rule.method}"
+    return text if rule.calibrated else text + "; same/different decisions are a rough guide"
+
+
+def probability_note(recognizer: Recognizer, brief: bool = False) -> str:
+    decisions = recognizer.decisions
+    if brief:
+        how = "fitted on held-out trials" if decisions.probability_calibrated else "defaults, not fitted"
+        return f"Probabilities: P(known speaker), at most 99%, times each speaker's share ({how})"
+    return (f"Probabilities: P(known speaker) rises with the best score (slope {decisions.slope:.3g}, 50% at the "
+            f"identification threshold, at most 99%) and is shared among the speakers by a softmax at "
+            f"temperature {decisions.temperature:.3g}; the rest is \"{UNKNOWN}\" ({decisions.probability_method})")
 
 
 def threshold_note(recognizer: Recognizer) -> str:
-    """How the same/different threshold was set, from the checkpoint's calibration record."""
-    calibration = recognizer.calibration
-    threshold = recognizer.threshold
-    if "threshold" not in calibration:
-        return (f"Threshold {threshold:.3f} is a default: this checkpoint carries no calibration, "
-                "so same/different decisions are a rough guide.")
-    note = f"Threshold {threshold:.3f}"
-    if calibration.get("method"):
-        note += f": {calibration['method']}"
-    if calibration.get("eer") is not None:
-        note += f" (equal error rate there: {float(calibration['eer']):.1%})"
-    return note + "."
+    """Both thresholds and how each was set."""
+    return f"{identification_note(recognizer)}. {verification_note(recognizer)}."
 
 
 def verdict(result: Identification, recognizer: Recognizer) -> str:
-    """The open-set answer: the closest known or enrolled speaker if close enough, else unknown."""
+    """The open-set answer: the best known or enrolled speaker if close enough, else unknown, or no speech."""
     lines = []
     nearest = max(result.matches, key=lambda m: m.score, default=None)
-    if nearest is None or math.isnan(nearest.score):
+    name = score_name(result.score_kind)
+    known = f"probability that it is someone known: {1 - result.unknown:.0%}"
+    if not result.speech:
+        lines.append("### No speech found\nthis does not sound like speech, so no speaker is named")
+    elif nearest is None or math.isnan(nearest.score):
         lines.append("### No open-set verdict\nThis model has no speaker prototypes to compare with.")
     elif result.best is not None:
         kind = "enrolled speaker" if result.best.enrolled else "one of the model's speakers"
-        lines.append(f"### {markdown_text(result.best.name)}\n{kind}: cosine similarity **{result.best.score:.3f}** "
-                     f"≥ threshold {result.threshold:.3f}")
+        lines.append(f"### {markdown_text(result.best.name)}\n{kind}: {name} **{result.best.score:.3f}** "
+                     f"≥ identification threshold {result.threshold:.3f}; {known}")
     else:
         lines.append(f"### Unknown speaker\nno known speaker is close enough: the closest, "
-                     f"{markdown_text(display_name(nearest))}, scores cosine **{nearest.score:.3f}** "
-                     f"< threshold {result.threshold:.3f}")
-    lines.append(f"Analysed {result.seconds:.2f} s of speech (silence removed). {threshold_note(recognizer)}")
+                     f"{markdown_text(display_name(nearest))}, has {name} **{nearest.score:.3f}** "
+                     f"< identification threshold {result.threshold:.3f}; {known}")
+    lines.append(f"Analysed {result.seconds:.2f} s of speech (silence removed). "
+                 f"{identification_note(recognizer, brief=True)}. {probability_note(recognizer, brief=True)}; "
+                 "the Model tab says how each was set.")
     lines += [f"Note: {note}." for note in result.notes]
     return "\n\n".join(lines)
 
 
 def verification(result: Verification, recognizer: Recognizer) -> str:
+    name = score_name(result.score_kind)
     if result.same:
-        head = f"### Same speaker\ncosine similarity **{result.score:.3f}** ≥ threshold {result.threshold:.3f}"
+        head = f"### Same speaker\n{name} **{result.score:.3f}** ≥ verification threshold {result.threshold:.3f}"
     else:
-        head = f"### Different speakers\ncosine similarity **{result.score:.3f}** < threshold {result.threshold:.3f}"
-    return f"{head}\n\n{threshold_note(recognizer)}"
+        head = f"### Different speakers\n{name} **{result.score:.3f}** < verification threshold {result.threshold:.3f}"
+    if result.score_kind != "cosine":
+        head += f" (cosine {result.cosine:.3f})"
+    return f"{head}\n\n{verification_note(recognizer)}."
 
 
 def speakers_by_source(speakers: list[str]) -> dict[str, list[str]]:
@@ -132,7 +165,10 @@ def model_summary(recognizer: Recognizer, path: str | Path) -> str:
         f"{features.sample_rate} Hz, silence removed",
         *_training_data(checkpoint.info),
         *_accuracy(checkpoint.info, checkpoint.metrics),
-        f"- Verification: {threshold_note(recognizer)}",
+        f"- Scores: {recognizer.scorer.describe()}",
+        f"- Identification: {identification_note(recognizer)}.",
+        f"- Verification: {verification_note(recognizer)}.",
+        f"- {probability_note(recognizer)}.",
         f"\n### The model's {len(recognizer.speakers)} speakers",
     ]
     lines += [f"- **{source or 'speakers'}**: {', '.join(names)}"

@@ -8,7 +8,6 @@ count (the last layer has three times as many, as in the paper).
 
 from __future__ import annotations
 
-import torch
 
 from .model import ModelConfig, SpeakerModel, padding_mask
 

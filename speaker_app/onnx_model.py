@@ -17,6 +17,8 @@ onnxruntime and onnx are optional dependencies: `pip install onnxruntime onnx`.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import Checkpoint, CheckpointError
+from .checkpoint import Checkpoint, CheckpointError, check_cohort
 from .features import FeatureConfig
 from .model import ModelConfig, build_model
 
@@ -154,11 +156,19 @@ def load_onnx(path: str | Path, threads: int | None = None) -> OnnxCheckpoint:
             speakers=list(json.loads(meta["speakers"])),
             state_dict={i.name: torch.from_numpy(numpy_helper.to_array(i).copy()) for i in proto.graph.initializer},
             step=int(json.loads(meta.get("step", "0"))), metrics=dict(json.loads(meta.get("metrics", "{}"))),
-            info=dict(json.loads(meta.get("info", "{}"))), graph=graph, threads=threads)
-    except (TypeError, ValueError) as error:  # json.JSONDecodeError is a ValueError
+            info=dict(json.loads(meta.get("info", "{}"))), graph=graph, threads=threads,
+            cohort=decode_tensor(json.loads(meta["cohort"])) if "cohort" in meta else None)
+    except (TypeError, ValueError, KeyError, binascii.Error) as error:  # json.JSONDecodeError is a ValueError
         raise CheckpointError(f"{path} has invalid metadata: {error}") from None
     if checkpoint.feature_config.n_mels != checkpoint.model_config.n_mels:
         features, model = checkpoint.feature_config.n_mels, checkpoint.model_config.n_mels
         raise CheckpointError(f"{path} does not fit together: its feature config makes {features} mel bins, "
                               f"its model expects {model}")
+    check_cohort(checkpoint.cohort, checkpoint.model_config.emb_dim)
     return checkpoint
+
+
+def decode_tensor(data: dict) -> torch.Tensor:
+    """training.export's JSON form of a float tensor (shape and base64 little-endian float32) -> the tensor."""
+    values = np.frombuffer(base64.b64decode(data["float32_base64"], validate=True), dtype="<f4")
+    return torch.from_numpy(values.astype(np.float32).reshape(data["shape"]))

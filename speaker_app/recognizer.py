@@ -25,18 +25,19 @@ import torch
 import torch.nn.functional as F
 
 from .batching import Batcher
-from .checkpoint import Checkpoint, load_checkpoint
+from .checkpoint import Checkpoint, CheckpointError, load_checkpoint
+from .decisions import Decisions
 from .features import AudioError, FeatureError, check_features, features_from_array, read_audio
 from .files import TensorFileError, load_tensor_file
 from .gallery import Gallery, NameTaken, name_key, sanitise_name
-from .inference import Inside, infer, infer_explained
-from .scoring import centroid, cosine
+from .inference import infer, infer_explained
+from .scoring import Scorer, centroid, cosine
+from .speech import SpeechCheck, check_speech
 
 FEATURE_SUFFIXES = (".pt", ".npy")
 MIN_AUDIO_SECONDS = 0.3
 MIN_FRAMES = 10  # 0.1 s of speech after silence removal
 MAX_AUDIO_SECONDS = 600.0  # longer audio is cut here (bounded memory), and said so; longer feature files are refused
-DEFAULT_THRESHOLD = 0.5
 MAX_BATCH = 8  # requests the model runs together; their attention maps stay small (8 x 5 s: ~2 MB a layer)
 
 
@@ -46,18 +47,22 @@ class InputError(ValueError):
 
 class Match(NamedTuple):
     name: str
-    probability: float
-    score: float  # cosine similarity to the speaker's prototype or enrollment
+    probability: float  # P(known) x the speaker's softmax share: the matches and `unknown` sum to at most 1
+    score: float  # the decision score against the speaker's prototype or enrollment (AS-norm or cosine)
     enrolled: bool
+    cosine: float = float("nan")  # the raw cosine similarity, whatever the decision score
 
 
 @dataclass
 class Identification:
     matches: list[Match]  # top-k, best first
-    best: Match | None  # the closest speaker by cosine, None when below the threshold
-    threshold: float
+    best: Match | None  # the best-scoring speaker, None ("unknown speaker") when below the threshold or no speech
+    threshold: float  # the identification threshold on `score`
     seconds: float  # speech analysed (after silence removal)
     notes: list[str]
+    unknown: float = 1.0  # probability that the speaker is none of the known and enrolled speakers
+    speech: bool = True  # False: the input does not look like speech, and no one is named
+    score_kind: str = "cosine"  # "cosine" or "as-norm"
 
 
 @dataclass
@@ -71,9 +76,11 @@ class Explanation:
 
 @dataclass
 class Verification:
-    score: float
+    score: float  # the decision score (AS-norm or cosine)
     same: bool
-    threshold: float
+    threshold: float  # the verification threshold on `score`
+    cosine: float = float("nan")
+    score_kind: str = "cosine"
 
 
 def fingerprint(checkpoint: Checkpoint) -> str:
@@ -89,12 +96,18 @@ class Recognizer:
         self.checkpoint = checkpoint
         self.model = checkpoint.build_model()
         self.features_config = checkpoint.feature_config
-        calibration = checkpoint.info.get("calibration", {})
-        self.threshold = float(calibration.get("threshold", DEFAULT_THRESHOLD))
-        self.calibration = calibration
+        self.calibration = checkpoint.info.get("calibration") or {}
+        scale = float(getattr(self.model.head, "scale", 30.0))
+        try:
+            self.decisions = Decisions.from_calibration(self.calibration, checkpoint.cohort is not None, scale)
+        except ValueError as error:
+            raise CheckpointError(f"checkpoint's calibration is unusable: {error}") from None
+        cohort = checkpoint.cohort if self.decisions.score == "as-norm" else None
+        self.scorer = Scorer(cohort, self.decisions.top_k)
         head_weight = getattr(self.model.head, "weight", None)
         # AM-softmax class vectors live in the embedding space: they are the known speakers' prototypes.
         self.prototypes = F.normalize(head_weight.detach(), dim=-1) if head_weight is not None else None
+        self._prototype_stats = self.scorer.stats(self.prototypes) if self.prototypes is not None else None
         self.max_frames = round(MAX_AUDIO_SECONDS / self.features_config.frame_seconds)
         self.batcher = Batcher(self._run_batch, MAX_BATCH)
         self.fingerprint = fingerprint(checkpoint)
@@ -110,6 +123,16 @@ class Recognizer:
     @property
     def speakers(self) -> list[str]:
         return self.checkpoint.speakers
+
+    @property
+    def threshold(self) -> float:
+        """The identification threshold (clip vs speaker)."""
+        return self.decisions.identification.threshold
+
+    @property
+    def verification_threshold(self) -> float:
+        """The verification threshold (clip vs clip)."""
+        return self.decisions.verification.threshold
 
     @property
     def unexplained(self) -> str | None:
@@ -231,6 +254,14 @@ class Recognizer:
         features, _ = self.features(source)
         return self._outputs(features)[0]
 
+    def speech_embedding(self, source, what: str = "the clip") -> torch.Tensor:
+        """A unit-norm (E,) embedding of a source that must hold speech; InputError if it does not."""
+        features, _ = self.features(source)
+        check = check_speech(features)
+        if not check.speech:
+            raise InputError(f"{what} holds no speech: {check.reason}")
+        return self._outputs(features)[0]
+
     def identify(self, source, top_k: int = 5) -> Identification:
         return self._identify(source, top_k, explain=False)[0]
 
@@ -246,7 +277,7 @@ class Recognizer:
         features, notes = self.features(source)
         embedding, logits, inside = self._outputs(features, explain)
         seconds = len(features) * self.features_config.frame_seconds
-        result = self.decide(embedding, logits, seconds, notes, top_k)
+        result = self.decide(embedding, logits, seconds, notes, top_k, check_speech(features))
         if inside is None:
             if explain and self.unexplained:
                 result.notes.append(self.unexplained)
@@ -255,34 +286,61 @@ class Recognizer:
         return result, Explanation(features[: inside.frames], inside.attention, inside.pooling, step,
                                    len(features) > inside.frames)
 
-    def decide(self, embedding: torch.Tensor, logits: torch.Tensor, seconds: float, notes: list[str],
-               top_k: int = 5) -> Identification:
-        """One utterance's (E,) unit embedding and (C,) logits -> the top-k and the open-set answer."""
+    def scores(self, embedding: torch.Tensor) -> tuple[list[str], torch.Tensor, torch.Tensor, list[bool]] | None:
+        """(E,) unit embedding -> names, (N,) decision scores, (N,) cosines, enrolled flags; None if no candidates."""
         names, enrolled = self._enrolled()
-        scores = cosine(embedding[None], self.prototypes)[0] if self.prototypes is not None else None
-        if enrolled is not None:
-            enrolled_scores = cosine(embedding[None], enrolled)[0]
-            # Enrolled speakers compete as if they were classes of the margin head: s * cos.
-            scale = getattr(self.model.head, "scale", 1.0)
-            logits = torch.cat([logits, scale * enrolled_scores])
-            scores = torch.cat([scores, enrolled_scores]) if scores is not None else enrolled_scores
-        all_names = self.speakers + names
-        probabilities = logits.softmax(-1)
-        order = probabilities.argsort(descending=True)[: max(1, top_k)].tolist()
+        if self.prototypes is None and enrolled is None:
+            return None
+        cosines, scores, stats = [], [], self.scorer.stats(embedding[None])
+        for speakers, speaker_stats in ((self.prototypes, self._prototype_stats),
+                                        (enrolled, self.scorer.stats(enrolled) if enrolled is not None else None)):
+            if speakers is not None:
+                cosines.append(cosine(embedding[None], speakers)[0])
+                scores.append(self.scorer.score(embedding[None], speakers, stats, speaker_stats)[0])
+        known = self.speakers if self.prototypes is not None else []
+        flags = [False] * len(known) + [True] * len(names)
+        return known + names, torch.cat(scores), torch.cat(cosines), flags
+
+    def decide(self, embedding: torch.Tensor, logits: torch.Tensor, seconds: float, notes: list[str],
+               top_k: int = 5, speech: SpeechCheck | None = None) -> Identification:
+        """One clip's answer from its (E,) unit embedding and (C,) logits.
+
+        Each known speaker (by prototype) and each enrolled speaker (by the mean of
+        their clips' embeddings) gets the decision score; the best is named when it
+        reaches the identification threshold and the input is speech. Probabilities:
+        P(known) from the best score, shared among the speakers by a softmax at the
+        fitted temperature; 1 - P(known) is `unknown`.
+        """
+        notes = list(notes)
+        is_speech = speech is None or speech.speech
+        if not is_speech:
+            notes.append(f"no speech found: {speech.reason}")
+        scored = self.scores(embedding)
+        if scored is None:  # a closed-set classifier (the course baseline) and nobody enrolled: its softmax, no verdict
+            probabilities = logits.softmax(-1)
+            order = probabilities.argsort(descending=True)[: max(1, top_k)].tolist()
+            matches = [Match(self.speakers[i], float(probabilities[i]), float("nan"), False) for i in order]
+            return Identification(matches, None, self.threshold, seconds, notes, 0.0, is_speech, self.scorer.kind)
+        names, scores, cosines, flags = scored
+        best_index = int(scores.argmax())
+        p_known = self.decisions.p_known(float(scores[best_index])) if is_speech else 0.0
+        probabilities = p_known * self.decisions.shares(scores)
+        order = scores.argsort(descending=True)[: max(1, top_k)].tolist()
 
         def match(i):
-            score = float(scores[i]) if scores is not None else float("nan")
-            return Match(all_names[i], float(probabilities[i]), score, i >= len(self.speakers))
+            return Match(names[i], float(probabilities[i]), float(scores[i]), flags[i], float(cosines[i]))
 
-        best = None
-        if scores is not None:
-            nearest = match(int(scores.argmax()))
-            best = nearest if nearest.score >= self.threshold else None
-        return Identification([match(i) for i in order], best, self.threshold, seconds, notes)
+        best = match(best_index) if is_speech and float(scores[best_index]) >= self.threshold else None
+        return Identification([match(i) for i in order], best, self.threshold, seconds, notes,
+                              1.0 - p_known, is_speech, self.scorer.kind)
 
     def verify(self, first, second) -> Verification:
-        score = float(cosine(self.embed(first)[None], self.embed(second)[None])[0, 0])
-        return Verification(score, score >= self.threshold, self.threshold)
+        """Same speaker or not, at the verification threshold; both clips must hold speech."""
+        a = self.speech_embedding(first, "the first clip")[None]
+        b = self.speech_embedding(second, "the second clip")[None]
+        score = float(self.scorer.score(a, b)[0, 0])
+        threshold = self.verification_threshold
+        return Verification(score, score >= threshold, threshold, float(cosine(a, b)[0, 0]), self.scorer.kind)
 
     # -- enrollment --------------------------------------------------------------------------
     def _enrolled(self):
@@ -309,7 +367,7 @@ class Recognizer:
             raise InputError(f"{clean!r} is already one of the model's speakers; choose another name")
         if not replace and (stored := self.gallery.find(clean)) is not None:
             raise InputError(_taken(stored))
-        embeddings = torch.stack([self.embed(s) for s in sources])
+        embeddings = torch.stack([self.speech_embedding(s, f"clip {i + 1}") for i, s in enumerate(sources)])
         try:
             return self.gallery.add(clean, centroid(embeddings), len(sources), replace=replace)
         except NameTaken as taken:  # enrolled by someone else while these clips were embedded

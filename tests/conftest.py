@@ -33,6 +33,21 @@ def voiced(seconds: float, rate: int = 16000, f0: float = 140.0, seed: int = 0) 
     return (0.3 * wave / np.abs(wave).max()).astype(np.float32)
 
 
+def speechlike(seconds: float, rate: int = 16000, f0: float = 140.0, seed: int = 0) -> np.ndarray:
+    """`voiced` in syllables: its level rises and falls four times a second, as speech's does
+    (a steady buzz is refused as no speech)."""
+    t = np.arange(int(seconds * rate)) / rate
+    envelope = 0.55 + 0.45 * np.sin(2 * np.pi * 4 * t + seed)
+    return (voiced(seconds, rate, f0, seed) * envelope).astype(np.float32)
+
+
+def speechlike_features(frames: int, seed: int = 0) -> torch.Tensor:
+    """(about `frames`, 40) log-mel features of `speechlike` audio, a different pitch for each seed."""
+    from speaker_app.features import FeatureConfig, features_from_array
+
+    return features_from_array(speechlike(frames / 100 + 0.05, f0=110.0 + 25 * seed, seed=seed), 16000, FeatureConfig())
+
+
 # -- the app ---------------------------------------------------------------------------------
 DEFAULT_CHECKPOINT = ROOT / "checkpoints" / "default.pt"
 EXAMPLES = ROOT / "examples"

@@ -1,7 +1,6 @@
 """The app's handlers called directly: feature files, audio at several rates, plots, enrollment,
 verification and bad input (each a clear `gr.Error`, never a stack trace)."""
 
-import json
 from pathlib import Path
 
 import gradio as gr
@@ -57,7 +56,7 @@ def colorbar_labels(figure) -> list[str]:
 
 def test_feature_file_gives_top_k_and_readable_plots(handlers):
     label, verdict, features_plot, attention_plot, explanation = handlers.identify(None, str(ALLISON_FEATURES), 3)
-    assert list(label)[0] == "asterisk/allison" and len(label) == 3
+    assert list(label)[0] == "asterisk/allison" and len(label) == 3 + 1 and describe.UNKNOWN in label
     assert list(label.values()) == sorted(label.values(), reverse=True) and sum(label.values()) <= 1 + 1e-6
     assert "threshold" in verdict and "Analysed 1.76 s" in verdict
     spectrum, pooling = [a for a in features_plot.axes if a.get_label() != "<colorbar>"]
@@ -102,7 +101,7 @@ def test_audio_at_any_rate_and_channel_count(handlers, allison_embedding, tmp_pa
 
 def test_a_feature_file_wins_over_audio(handlers):
     label, *_ = handlers.identify(str(MENARDI), str(ALLISON_FEATURES), 1)
-    assert list(label) == ["asterisk/allison"]
+    assert list(label) == ["asterisk/allison", describe.UNKNOWN]
 
 
 def write_bad_input(kind: str, folder: Path) -> str | None:
@@ -171,7 +170,7 @@ def test_bad_input_is_a_clear_message(untrained, tmp_path, kind, message):
     good = tmp_path / "good.wav"
     sf.write(good, voiced(1.0), 16000)
     label, *_ = untrained.identify(str(good), None, 3)
-    assert len(label) == 3
+    assert len(label) == 3 + 1  # and "unknown speaker"
 
 
 def test_very_long_audio_is_cut_with_a_warning(untrained, tmp_path):
@@ -231,22 +230,39 @@ def test_verify_reports_the_cosine_and_decides_at_the_threshold(handlers):
     assert verdict.startswith("### Same speaker") and score == pytest.approx(1.0, abs=1e-4)
     verdict, score = handlers.verify(str(ALLISON), str(MENARDI))
     recognizer = handlers.recognizer
-    assert score == pytest.approx(float(recognizer.embed(ALLISON) @ recognizer.embed(MENARDI)), abs=1e-4)
-    same = score >= recognizer.threshold
+    if recognizer.scorer.kind == "cosine":
+        assert score == pytest.approx(float(recognizer.embed(ALLISON) @ recognizer.embed(MENARDI)), abs=1e-4)
+    same = score >= recognizer.verification_threshold
     assert verdict.startswith("### Same speaker" if same else "### Different speakers")
-    assert f"{score:.3f}" in verdict and "Threshold" in verdict
+    assert f"{score:.3f}" in verdict and "Verification threshold" in verdict
     with pytest.raises(gr.Error, match="two clips"):
         handlers.verify(str(JUNE), None)
 
 
 def test_threshold_note_says_how_it_was_set(untrained):
     recognizer = untrained.recognizer
-    assert "default" in describe.threshold_note(recognizer)
-    recognizer.calibration = {"threshold": 0.41, "eer": 0.052,
-                              "method": "equal-error-rate point on 12 held-out speakers"}
-    recognizer.threshold = 0.41
-    note = describe.threshold_note(recognizer)
-    assert note == "Threshold 0.410: equal-error-rate point on 12 held-out speakers (equal error rate there: 5.2%)."
+    assert "default" in describe.threshold_note(recognizer) and "rough guide" in describe.verification_note(recognizer)
+    checkpoint = recognizer.checkpoint
+    checkpoint.info["calibration"] = {"threshold": 0.41, "eer": 0.052,  # the older record: one clip-vs-clip threshold
+                                      "method": "equal-error-rate point on 12 held-out speakers"}
+    recognizer = Recognizer(checkpoint)
+    assert describe.verification_note(recognizer) == (
+        "Verification threshold 0.410 (cosine similarity): equal-error-rate point on 12 held-out speakers "
+        "(equal error rate there: 5.2%)")
+    assert "not calibrated for clip-vs-speaker identification" in describe.identification_note(recognizer)
+    checkpoint.info["calibration"] = {
+        "score": {"kind": "cosine"},
+        "identification": {"threshold": 0.7,
+                           "method": "lowest threshold naming at most 10% of 40 unseen speakers' clips"},
+        "verification": {"threshold": 0.5, "method": "equal-error-rate point of 900 clip-vs-clip trials"},
+        "probability": {"slope": 12.0, "temperature": 0.05, "method": "fitted on 300 held-out trials"}}
+    recognizer = Recognizer(checkpoint)
+    assert recognizer.threshold == 0.7 and recognizer.verification_threshold == 0.5
+    assert describe.threshold_note(recognizer) == (
+        "Identification threshold 0.700 (cosine similarity): lowest threshold naming at most 10% of 40 unseen "
+        "speakers' clips. Verification threshold 0.500 (cosine similarity): equal-error-rate point of 900 "
+        "clip-vs-clip trials.")
+    assert "temperature 0.05" in describe.probability_note(recognizer)
 
 
 def test_model_summary_names_checkpoint_and_speakers(trained, default_checkpoint):
@@ -275,7 +291,8 @@ def test_model_summary_reports_data_accuracy_and_calibration(untrained):
                  "- Accuracy on 612 held-out clips: top-1 90.0%, top-5 99.0%", "  - asterisk: top-1 80.0% on 120 clips",
                  "- New voices (asterisk/june), unheard by a model of the same recipe: enrolled from 5 clips each, "
                  "then identified 75.0% of 40 clips",
-                 "- Verification: Threshold 0.620: EER point on 1 unheard speaker (equal error rate there: 8.0%)."]:
+                 "- Verification: Verification threshold 0.620 (cosine similarity): EER point on 1 unheard speaker "
+                 "(equal error rate there: 8.0%).", "- Scores: cosine similarity"]:
         assert line in summary.splitlines()
     assert "Validation accuracy" not in summary  # the held-out evaluation takes its place
 

@@ -53,7 +53,7 @@ def test_feature_file_upload_shows_the_top_k(page):
     page.locator("#feature-file input[type=file]").set_input_files(str(FEATURES))
     top = page.locator("#top-speakers h2")
     sync_api.expect(top).to_have_text("asterisk/allison", timeout=ANSWER_SECONDS * 1000)
-    sync_api.expect(page.locator("#top-speakers .confidence-set")).to_have_count(5)
+    sync_api.expect(page.locator("#top-speakers .confidence-set")).to_have_count(5 + 1)  # and "unknown speaker"
     sync_api.expect(page.locator("#verdict")).to_contain_text("threshold")
     plots = page.locator("img[src^='data:image/png']")
     sync_api.expect(plots).to_have_count(2)

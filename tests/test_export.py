@@ -135,6 +135,21 @@ def test_metadata_identifies_without_the_checkpoint(exported, default_checkpoint
     assert loaded.model_config == original.model_config and loaded.feature_config == original.feature_config
 
 
+def test_a_cohort_travels_in_the_metadata_and_scores_alike(tmp_path):
+    checkpoint = random_checkpoint(CONFIGS["subsample4"])
+    checkpoint.cohort = torch.randn(12, SMALL["emb_dim"], generator=torch.Generator().manual_seed(2))
+    checkpoint.info["calibration"] = {"score": {"kind": "as-norm", "top_k": 5},
+                                      "identification": {"threshold": 1.5}, "verification": {"threshold": 1.0}}
+    export.export(checkpoint, tmp_path / "model.onnx")
+    loaded = load_checkpoint(tmp_path / "model.onnx")
+    assert torch.equal(loaded.cohort, checkpoint.cohort)
+    features = torch.randn(300, 40, generator=torch.Generator().manual_seed(3)) * 3 - 5
+    ours, theirs = Recognizer(loaded), Recognizer(checkpoint)
+    assert ours.scorer.kind == "as-norm"
+    embedding = ours.embed(features)
+    assert torch.allclose(ours.scores(embedding)[1], theirs.scores(theirs.embed(features))[1], atol=1e-3)
+
+
 def test_onnx_model_serves_the_recognizer_like_torch(exported, default_checkpoint, speech):
     """Prototypes, scale, open-set verdict, and long utterances pooled over chunks."""
     torch_side, onnx_side = Recognizer(load_checkpoint(default_checkpoint)), Recognizer(load_checkpoint(exported))

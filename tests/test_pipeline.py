@@ -69,6 +69,7 @@ def test_enrollment_on_an_audio_folder(speech_dir, trained):
     assert result["split"] == "audio" and result["enroll_speakers"] == 5
     assert result["n"] == 2 * 120 and result["n_unknown_speaker"] == 3 * 120
     assert result["enroll_top1"] > 0.4 and result["eer"] < 0.4, result  # chance: 0.2 and 0.5
+    assert 0 <= result["min_dcf"] <= 1 and 0 <= result["pair_min_dcf"] <= 1 and "pair_eer" in result
 
 
 def test_predict_writes_the_course_csv(prepared, trained, tmp_path):

@@ -10,7 +10,7 @@ from speaker_app.features import FeatureConfig
 from speaker_app.gallery import sanitise_name
 from speaker_app.model import ModelConfig, build_model
 from speaker_app.recognizer import InputError, Recognizer
-from tests.conftest import voiced
+from tests.conftest import speechlike_features, voiced
 
 SPEAKERS = ["a/one", "a/two", "b/three"]
 
@@ -50,7 +50,7 @@ def test_identify_ranks_known_speakers(recognizer):
 
 
 def test_enroll_verify_and_persist(recognizer, checkpoint, tmp_path):
-    clips = [torch.randn(150, 40) + i for i in range(3)]
+    clips = [speechlike_features(150, seed=i) for i in range(3)]
     name = recognizer.enroll("  ../Ann/\\..  ", clips)
     assert name == "Ann .." and recognizer.gallery.names() == [name]
     result = recognizer.identify(clips[0], top_k=len(SPEAKERS) + 1)
@@ -66,7 +66,7 @@ def test_enroll_verify_and_persist(recognizer, checkpoint, tmp_path):
 
 
 def test_gallery_of_another_model_is_refused(recognizer, tmp_path):
-    recognizer.enroll("ann", [torch.randn(100, 40)])
+    recognizer.enroll("ann", [speechlike_features(100)])
     torch.manual_seed(1)
     config = ModelConfig(d_model=32, n_heads=2, n_layers=2, ff_dim=64, emb_dim=16)
     other = Checkpoint(config, FeatureConfig(), SPEAKERS, build_model(config, 3).state_dict())

@@ -15,7 +15,7 @@ from speaker_app.features import FeatureConfig
 from speaker_app.files import atomic_write, previous_path
 from speaker_app.gallery import Gallery
 from speaker_app.model import ModelConfig, build_model
-from speaker_app.recognizer import InputError, Recognizer, fingerprint
+from speaker_app.recognizer import InputError, Recognizer
 from training.data import DataError, load_features
 
 TINY = ModelConfig(d_model=32, n_heads=2, n_layers=2, ff_dim=64, emb_dim=16)

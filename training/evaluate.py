@@ -10,7 +10,8 @@ and per source (the first part of `source/speaker` names).
 
 --enroll N treats the speakers as new: each is enrolled from its first N clips
 (sorted by name), the rest are identified among the enrolled speakers by cosine
-similarity, and the equal error rate is measured over all clip-vs-speaker trials.
+similarity, and the equal error rate and minDCF (p_target 0.01) are measured over
+all clip-vs-speaker trials.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from tqdm import tqdm
 from speaker_app.checkpoint import CheckpointError, load_checkpoint
 from speaker_app.features import AudioError, features_from_file
 from speaker_app.inference import infer
-from speaker_app.scoring import centroid, cosine, equal_error_rate
+from speaker_app.scoring import Scorer, centroid, cosine, equal_error_rate, min_dcf
 
 from speaker_app.configs import from_dict
 
@@ -109,11 +110,14 @@ def pair_verification(names: list[str], embeddings: torch.Tensor, max_clips: int
     if same.all() or not same.any():
         return {}
     eer, threshold = equal_error_rate(scores[upper], same)
-    return {"pair_eer": eer, "pair_threshold": threshold, "pair_trials": int(upper.sum())}
+    dcf, _ = min_dcf(scores[upper], same)
+    return {"pair_eer": eer, "pair_threshold": threshold, "pair_min_dcf": dcf, "pair_trials": int(upper.sum())}
 
 
-def enrollment(names: list[str], keys: list[str], embeddings: torch.Tensor, n_enroll: int) -> dict:
-    """Enroll each speaker from its first n_enroll clips; identify and verify the rest."""
+def enrollment(names: list[str], keys: list[str], embeddings: torch.Tensor, n_enroll: int,
+               scorer: Scorer | None = None) -> dict:
+    """Enroll each speaker from its first n_enroll clips; identify and verify the rest.
+    Scores are cosine similarities, or the scorer's (AS-norm against a cohort)."""
     by_speaker = defaultdict(list)
     for i in sorted(range(len(names)), key=lambda i: (names[i], keys[i])):
         by_speaker[names[i]].append(i)
@@ -124,10 +128,14 @@ def enrollment(names: list[str], keys: list[str], embeddings: torch.Tensor, n_en
     centroids = torch.stack([centroid(embeddings[usable[s][:n_enroll]]) for s in enrolled])
     tests = [(enrolled.index(s), i) for s in enrolled for i in usable[s][n_enroll:]]
     labels = torch.tensor([label for label, _ in tests])
-    scores = cosine(embeddings[[i for _, i in tests]], centroids)  # (N, S)
-    eer, threshold = equal_error_rate(scores.flatten(), (labels[:, None] == torch.arange(len(enrolled))).flatten())
+    tested = embeddings[[i for _, i in tests]]
+    scores = scorer.score(tested, centroids) if scorer else cosine(tested, centroids)  # (N, S)
+    same = (labels[:, None] == torch.arange(len(enrolled))).flatten()
+    eer, threshold = equal_error_rate(scores.flatten(), same)
+    dcf, dcf_threshold = min_dcf(scores.flatten(), same)
     return {"enroll_top1": (scores.argmax(-1) == labels).float().mean().item(), "eer": eer,
-            "eer_threshold": threshold, "enroll_speakers": len(enrolled), "enroll_clips": n_enroll,
+            "eer_threshold": threshold, "min_dcf": dcf, "min_dcf_threshold": dcf_threshold,
+            "enroll_speakers": len(enrolled), "enroll_clips": n_enroll,
             "enroll_test_clips": len(tests)}
 
 
@@ -165,12 +173,12 @@ def report(result: dict) -> str:
     if result["n_unknown_speaker"]:
         lines.append(f"{result['n_unknown_speaker']} utterances of speakers the model does not know")
     if "pair_eer" in result:
-        lines.append(f"clip-vs-clip verification: EER {result['pair_eer']:.4f} at cosine {result['pair_threshold']:.3f} "
-                     f"over {result['pair_trials']} trials")
+        lines.append(f"clip-vs-clip verification: EER {result['pair_eer']:.4f} at cosine {result['pair_threshold']:.3f}, "
+                     f"minDCF(0.01) {result['pair_min_dcf']:.4f} over {result['pair_trials']} trials")
     if "eer" in result:
         lines.append(f"enrolled {result['enroll_speakers']} speakers from {result['enroll_clips']} clips each: "
                      f"identification {result['enroll_top1']:.4f} on {result['enroll_test_clips']} clips, "
-                     f"EER {result['eer']:.4f} at cosine {result['eer_threshold']:.3f}")
+                     f"EER {result['eer']:.4f} at cosine {result['eer_threshold']:.3f}, minDCF(0.01) {result['min_dcf']:.4f}")
     return "\n".join(lines)
 
 

@@ -15,7 +15,9 @@ utterance at a time:
   `prototypes` (C, E), unit norm, the known speakers for open-set scoring.
 - metadata (JSON strings, `metadata_props`): `speakers`, `feature_config`,
   `model_config`, `info` (calibration, training data, evaluation), `metrics`,
-  `step`, `format_version`, `exported_from`.
+  `step`, `format_version`, `exported_from`, and `cohort` when the checkpoint
+  carries one (score normalisation): `{"shape": [K, E], "float32_base64": ...}`,
+  little-endian float32.
 
 The exporter is `torch.onnx.export(dynamo=True)` (torch.export): it traces
 symbolic shapes and refuses code that reads tensor values, where the
@@ -26,6 +28,7 @@ Every export is checked against torch on a padded batch before it is written.
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import json
 import logging
@@ -105,11 +108,19 @@ def quiet(*names: str):
             logger.setLevel(level)
 
 
+def encode_tensor(tensor: torch.Tensor) -> dict:
+    """A float tensor as JSON: its shape and its little-endian float32 bytes in base64."""
+    data = tensor.detach().cpu().float().contiguous().numpy().astype("<f4").tobytes()
+    return {"shape": list(tensor.shape), "float32_base64": base64.b64encode(data).decode("ascii")}
+
+
 def add_metadata(proto, checkpoint: Checkpoint, source: str) -> None:
     """Everything the app shows and needs, as JSON strings in the model's metadata."""
     values = {"format_version": FORMAT_VERSION, "exported_from": source, "speakers": checkpoint.speakers,
               "feature_config": checkpoint.feature_config.to_dict(), "model_config": checkpoint.model_config.to_dict(),
               "info": checkpoint.info, "metrics": checkpoint.metrics, "step": checkpoint.step}
+    if checkpoint.cohort is not None:
+        values["cohort"] = encode_tensor(checkpoint.cohort)
     del proto.metadata_props[:]
     for key, value in values.items():
         entry = proto.metadata_props.add()

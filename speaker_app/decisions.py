@@ -1,0 +1,107 @@
+"""The decision rules a checkpoint's calibration sets: score, thresholds and probabilities.
+
+`checkpoint.info["calibration"]`, as `training.calibrate` writes it:
+
+    {"score": {"kind": "as-norm" | "cosine", "top_k": 300, "cohort_size": K},
+     "identification": {"threshold": t, "method": "...", "rule": "...", "trials": {...}, ...},
+     "verification": {"threshold": t, "method": "...", "eer": e, ...},
+     "probability": {"slope": a, "temperature": T, "method": "...", ...}}
+
+Identification names the best-scoring speaker when its score (clip vs speaker)
+reaches the identification threshold; verification says "same" when a clip-vs-clip
+score reaches the verification threshold. Probabilities shown to people are
+P(known) = sigmoid(slope * (best score - identification threshold)), so a speaker
+is named exactly when P(known) >= 50%, times a softmax over the speakers' scores
+at the fitted temperature; the rest, 1 - P(known), is "unknown speaker".
+
+Older checkpoints carry `{"threshold", "eer", "method"}`: a clip-vs-clip cosine
+threshold, used for both decisions; their probabilities are defaults, not fitted,
+and say so.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .scoring import DEFAULT_TOP_K
+
+SCORES = ("cosine", "as-norm")
+DEFAULT_THRESHOLD = {"cosine": 0.5, "as-norm": 3.0}  # rough guesses for uncalibrated checkpoints
+DEFAULT_SLOPE = {"cosine": 10.0, "as-norm": 1.0}  # P(known) per unit of score above the threshold, unfitted
+MAX_PROBABILITY = 0.99  # a few hundred calibration trials cannot support more certainty than this
+
+
+@dataclass(frozen=True)
+class Rule:
+    threshold: float
+    method: str  # how the threshold was set, for people, with its trials and measured rates
+    calibrated: bool  # fitted for this decision, on this model's scores
+    rule: str = ""  # the method in brief
+
+    @property
+    def summary(self) -> str:
+        return self.rule or self.method
+
+
+@dataclass(frozen=True)
+class Decisions:
+    score: str  # "cosine" or "as-norm"
+    top_k: int  # AS-norm cohort scores per side
+    identification: Rule
+    verification: Rule
+    slope: float  # P(known) = sigmoid(slope * (best score - identification threshold))
+    temperature: float  # softmax temperature over the speakers' scores
+    probability_method: str
+    probability_calibrated: bool
+
+    @classmethod
+    def from_calibration(cls, calibration: dict | None, has_cohort: bool, scale: float = 30.0) -> Decisions:
+        """Read a checkpoint's calibration record (new or old format). `scale` is the margin head's s,
+        whose softmax(s * cos) the old probabilities were."""
+        calibration = calibration or {}
+        old_threshold = calibration.get("threshold")
+        score_record = calibration.get("score") or {}
+        score = score_record.get("kind") or ("cosine" if old_threshold is not None or not has_cohort else "as-norm")
+        if score not in SCORES:
+            raise ValueError(f"calibration uses an unknown score {score!r}; known: {', '.join(SCORES)}")
+        if score == "as-norm" and not has_cohort:
+            raise ValueError("the calibration is for AS-norm scores, but the checkpoint carries no cohort")
+        top_k = int(score_record.get("top_k", DEFAULT_TOP_K))
+        if old_threshold is not None and "identification" not in calibration:
+            method = calibration.get("method") or "calibrated clip-vs-clip"
+            if calibration.get("eer") is not None:
+                method += f" (equal error rate there: {float(calibration['eer']):.1%})"
+            verification = Rule(float(old_threshold), method, True)
+            identification = Rule(float(old_threshold), "the verification threshold, reused: not calibrated for "
+                                  "clip-vs-speaker identification", False)
+        else:
+            identification = _rule(calibration.get("identification"), score)
+            verification = _rule(calibration.get("verification"), score)
+        probability = calibration.get("probability") or {}
+        if probability.get("slope") is not None and probability.get("temperature") is not None:
+            slope, temperature = float(probability["slope"]), float(probability["temperature"])
+            method, fitted = probability.get("method") or "fitted on held-out trials", True
+        else:
+            slope, temperature = DEFAULT_SLOPE[score], (1 / scale if score == "cosine" else 1.0)
+            method, fitted = "defaults, not fitted: a rough guide", False
+        if not (slope > 0 and temperature > 0):
+            raise ValueError(f"calibration needs a positive slope and temperature, got {slope}, {temperature}")
+        return cls(score, top_k, identification, verification, slope, temperature, method, fitted)
+
+    def p_known(self, best_score: float) -> float:
+        """Probability that the speaker is one of those compared with, from the best score; at most 0.99."""
+        z = self.slope * (best_score - self.identification.threshold)
+        return min(MAX_PROBABILITY, 1 / (1 + math.exp(-max(-60.0, min(60.0, z)))))
+
+    def shares(self, scores: torch.Tensor) -> torch.Tensor:
+        """(N,) scores of the candidate speakers -> (N,) softmax shares at the fitted temperature."""
+        return (scores.double() / self.temperature).softmax(-1).float()
+
+
+def _rule(record: dict | None, score: str) -> Rule:
+    if not record or record.get("threshold") is None:
+        return Rule(DEFAULT_THRESHOLD[score], f"a default for {score} scores: this checkpoint is not calibrated", False)
+    return Rule(float(record["threshold"]), record.get("method") or "calibrated", True, record.get("rule") or "")
