@@ -1,14 +1,21 @@
-"""Reproduce the default model in checkpoints/ from ../shared/speech, in one command.
+"""Reproduce the default model in checkpoints/, in one command.
 
-    python -m training.default_model --speech ../shared/speech [--work runs/default] [--out checkpoints/default.pt]
+    python -m training.default_model --speech ../shared/speech --corpus CORPUS [--work runs/default]
+                                     [--out checkpoints/default.pt]
 
-1. prepare all 31 speakers, holding out 20% of each speaker's clips (seed 0);
-2. train the default recipe on the rest;
-3. train the same recipe without LEAVE_OUT (one speaker per source) and enroll
-   those speakers from 5 clips each: how embeddings carry over to new voices,
-   and the verification threshold (equal-error-rate point on those speakers);
-4. evaluate on the held-out clips and export a slim checkpoint (no optimizer
-   state) with the evaluation, calibration and data provenance inside.
+CORPUS is the many-speaker corpus that ../shared/corpora/build.sh makes.
+1. prepare the 31 speakers of --speech (20 % of each speaker's clips held out,
+   seed 0, as always) together with CORPUS, leaving out the unseen development
+   speakers of bench/dev_speakers.txt (one whole source, LibriSpeech, among them);
+2. train the recipe of training/configs/default.json on it;
+3. export: the 31 speakers are the model's classes; the class vectors of the
+   other training speakers become the cohort for score normalisation;
+4. calibrate the decisions (`training.calibrate`) on the calibration half of the
+   development speakers, with the 31 speakers' validation clips as the known
+   speakers' trials;
+5. evaluate: the 31 speakers' held-out clips, and enrollment of the test half of
+   the development speakers (5 clips each); write the checkpoint with its
+   evaluation, calibration and data provenance inside.
 
 Every step resumes or reuses what an earlier run of this command left in --work.
 """
@@ -17,36 +24,64 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
-from speaker_app.checkpoint import load_checkpoint, save_checkpoint
+import torch.nn.functional as F
 
-from . import prepare, train
+from speaker_app.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from speaker_app.configs import from_dict
+
+from . import calibrate, prepare, train
+from .config import TrainConfig
+from .data import read_labelled, read_speakers, split_utterances
 from .evaluate import evaluate
+from .prepare import find_clips, split_test
 
-LEAVE_OUT = ["vcc2016/TM3", "emodb/16", "fsdd/yweweler", "asterisk/june"]
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = ROOT / "training" / "configs" / "default.json"
+DEV_SPEAKERS = ROOT / "bench" / "dev_speakers.txt"
 TEST_FRACTION, SEED = 0.2, 0
+SPEEDS: list[float] = []  # speed copies of every training clip, as new speakers (see bench.many_speakers)
 SOURCES = {
     "vcc2016": "Voice Conversion Challenge 2016 (read English sentences, 16 kHz), ODC-By 1.0",
     "emodb": "Berlin Database of Emotional Speech (acted German, 16 kHz), free for research; Burkhardt et al. 2005",
     "fsdd": "Free Spoken Digit Dataset (English digits, 8 kHz), CC BY-SA 4.0",
     "asterisk": "Asterisk telephony prompts (en, es, fr, it, ru; 8 kHz; Allison Smith, June Wallack, "
                 "Marco Menardi / Paola Dal Zot), CC BY-SA 3.0 (ru: CC BY 3.0)",
+    "commonvoice": "Mozilla Common Voice 6.1, 100 random clips per language, 59 languages, CC0 "
+                   "(credit: the Mozilla Common Voice contributors)",
+    "speechcommands": "Google Speech Commands v0.01/v0.02 (parts), 1-s words, CC BY 4.0; P. Warden, "
+                      "'Speech Commands: A Dataset for Limited-Vocabulary Speech Recognition', arXiv:1804.03209, 2018",
+    "arabic_speechcommands": "Arabic Speech Commands, 1-s words, CC BY 4.0; A. Ghandoura, F. Hjabo, O. Al Dakkak, "
+                             "'Building and benchmarking an Arabic Speech Commands dataset for small-footprint keyword "
+                             "spotting', Engineering Applications of Artificial Intelligence, 2021",
+    "librispeech": "LibriSpeech (train-clean-100, one clip a speaker; Mini LibriSpeech train-clean-5), CC BY 4.0; "
+                   "V. Panayotov, G. Chen, D. Povey, S. Khudanpur, 'LibriSpeech: an ASR corpus based on public domain "
+                   "audio books', ICASSP 2015. Never trained on: only unseen development speakers",
 }
 
 
-def prepared(speech: Path, folder: Path, exclude: list[str]) -> Path:
+def held_out_clips(speech: Path) -> list[str]:
+    """The 31 speakers' held-out clips (relative to the speech folder): the split every default model used."""
+    return sorted(split_test(find_clips(speech), TEST_FRACTION, SEED))
+
+
+def prepared(speech: Path, corpus: Path, folder: Path, speeds: list[float]) -> Path:
     if not (folder / "testdata.json").exists():
-        argv = [str(speech), str(folder), "--test-fraction", str(TEST_FRACTION), "--seed", str(SEED)]
-        prepare.main(argv + [a for speaker in exclude for a in ("--exclude", speaker)])
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "held_out_31.txt").write_text("\n".join(held_out_clips(speech)) + "\n")
+        argv = [str(speech), str(corpus), str(folder), "--test-list", str(folder / "held_out_31.txt"),
+                "--exclude-from", str(DEV_SPEAKERS)]
+        prepare.main(argv + (["--speed", ",".join(f"{s:g}" for s in speeds)] if speeds else []))
     return folder
 
 
 def trained(data: Path, run: Path, extra: list[str]) -> Path:
-    """Train (or finish training) the default recipe; returns best.pt."""
-    argv = ["--data", str(data), "--out", str(run), *extra]
+    """Train (or finish training) the recipe; returns best.pt."""
+    argv = ["--data", str(data), "--out", str(run), "--config", str(RECIPE), *extra]
     if (run / "last.pt").exists():
         if load_checkpoint(run / "last.pt").step >= json.loads((run / "config.json").read_text())["steps"]:
             return run / "best.pt"
@@ -55,41 +90,95 @@ def trained(data: Path, run: Path, extra: list[str]) -> Path:
     return run / "best.pt"
 
 
-def held_out_clips(data: Path) -> list[str]:
-    """The audio files (relative to the speech folder) of the held-out split, which the app's examples come from."""
-    return sorted(u["audio"] for u in json.loads((data / "testdata.json").read_text())["utterances"])
+def known_only(checkpoint: Checkpoint, known: list[str]) -> Checkpoint:
+    """The model with `known` as its only classes; every other original speaker's unit class vector
+    joins the cohort (speed copies, 'name@0.9', do not: they are the same voices)."""
+    weight = checkpoint.state_dict["head.weight"]
+    index = {name: i for i, name in enumerate(checkpoint.speakers)}
+    kept = [index[name] for name in known]
+    others = [i for name, i in index.items() if name not in set(known) and "@" not in name]
+    state = {**checkpoint.state_dict, "head.weight": weight[kept].clone()}
+    return Checkpoint(checkpoint.model_config, checkpoint.feature_config, list(known), state, checkpoint.step,
+                      checkpoint.metrics, dict(checkpoint.info), {}, cohort=F.normalize(weight[others].float(), dim=-1))
+
+
+def validation_view(data: Path, config: TrainConfig, known: list[str], folder: Path) -> Path:
+    """A folder whose test split is the known speakers' validation clips (never trained on, never the
+    held-out test clips): the known speakers' side of the calibration trials."""
+    if (folder / "test_labels.csv").exists():
+        return folder
+    speakers = read_speakers(data)
+    _, valid = split_utterances(read_labelled(data, speakers), config.valid_fraction, config.seed)
+    chosen = [u for u in valid if speakers[u.speaker] in set(known)]
+    folder.mkdir(parents=True, exist_ok=True)
+    for u in chosen:
+        if not (folder / u.path).exists():
+            os.symlink((data / u.path).resolve(), folder / u.path)
+    (folder / "mapping.json").write_text(json.dumps({"speaker2id": {s: i for i, s in enumerate(known)},
+                                                     "id2speaker": {str(i): s for i, s in enumerate(known)}}))
+    (folder / "metadata.json").write_text(json.dumps({"speakers": {}}))
+    (folder / "testdata.json").write_text(json.dumps({"utterances": [
+        {"feature_path": u.path, "mel_len": u.length} for u in chosen]}))
+    (folder / "test_labels.csv").write_text("Id,Category\n" + "".join(f"{u.path},{speakers[u.speaker]}\n" for u in chosen))
+    (folder / "feature_config.json").write_text((data / "feature_config.json").read_text())
+    return folder
+
+
+def new_speakers(checkpoint: Path, corpus: Path, cache: Path) -> dict:
+    """Enroll each test-half development speaker from 5 clips; identify and verify the rest."""
+    if cache.exists():
+        return json.loads(cache.read_text())
+    test = [name for split, name in (line.split() for line in DEV_SPEAKERS.read_text().splitlines()
+                                     if line.strip() and not line.startswith("#")) if split == "test"]
+    result = evaluate(checkpoint, audio_dir=corpus, include=test, enroll=5, progress=False)
+    result = {"speakers": f"the test half of {DEV_SPEAKERS.relative_to(ROOT)} ({len(test)} speakers, "
+                          f"{result['enroll_speakers']} with 6 clips or more)",
+              **{k: result[k] for k in ("enroll_top1", "eer", "min_dcf", "enroll_speakers", "enroll_clips",
+                                        "enroll_test_clips") if k in result},
+              "command": "python -m training.evaluate --checkpoint checkpoints/default.pt --audio-dir CORPUS --enroll 5 "
+                         "--include-from <(grep ^test bench/dev_speakers.txt)"}
+    cache.write_text(json.dumps(result, indent=1))
+    return result
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.default_model", description=__doc__.split("\n\n")[0])
     parser.add_argument("--speech", type=Path, default=Path("../shared/speech"))
+    parser.add_argument("--corpus", type=Path, required=True, help="the corpus ../shared/corpora/build.sh made")
     parser.add_argument("--work", type=Path, default=Path("runs/default"))
     parser.add_argument("--out", type=Path, default=Path("checkpoints/default.pt"))
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="passed to training.train")
     args = parser.parse_args(argv)
-    extra = ["--no-progress", *[a for s in args.set for a in ("--set", s)]]
     started = time.time()
+    known = sorted(find_clips(args.speech))
 
-    data = prepared(args.speech, args.work / "data", [])
-    best = trained(data, args.work / "run", extra)
-    held_out = prepared(args.speech, args.work / "data-leave-out", LEAVE_OUT)
-    leave_out_best = trained(held_out, args.work / "run-leave-out", extra)
-
-    test = evaluate(best, data=data, progress=False)
-    new_voices = evaluate(leave_out_best, audio_dir=args.speech, include=LEAVE_OUT, enroll=5, progress=False)
-    checkpoint = load_checkpoint(best)
-    checkpoint.training_state = {}
+    data = prepared(args.speech, args.corpus, args.work / "data", SPEEDS)
+    best = trained(data, args.work / "run", ["--no-progress", *[a for s in args.set for a in ("--set", s)]])
+    trained_model = load_checkpoint(best)
+    config = from_dict(TrainConfig, trained_model.info["train_config"])
+    calibrated = args.work / "calibrated.pt"
+    if not calibrated.exists():
+        save_checkpoint(known_only(trained_model, known), args.work / "exported.pt")
+        known_valid = validation_view(data, config, known, args.work / "known-valid")
+        calibrate.main(["--checkpoint", str(args.work / "exported.pt"), "--audio-dir", str(args.corpus),
+                        "--speakers", str(DEV_SPEAKERS), "--split", "calibration", "--known-data", str(known_valid),
+                        "--out", str(calibrated), "--no-progress"])
+    test = evaluate(calibrated, data=data, progress=False)
+    new = new_speakers(calibrated, args.corpus, args.work / "new_speakers.json")
+    checkpoint = load_checkpoint(calibrated)
+    counts = {"speakers": len(trained_model.speakers), "clips": trained_model.info.get("n_train")}
     checkpoint.info.update({
-        "training_data": {"sources": SOURCES, "held_out": f"{TEST_FRACTION:.0%} of each speaker's clips, seed {SEED}",
-                          "command": "python -m training.default_model --speech ../shared/speech",
-                          "held_out_clips": held_out_clips(data)},
-        "evaluation": test,
-        "new_speakers": {"speakers": LEAVE_OUT, **new_voices},
-        "calibration": {
-            "threshold": new_voices["pair_threshold"], "eer": new_voices["pair_eer"],
-            "method": (f"equal-error-rate point of clip-vs-clip cosine scores on {len(LEAVE_OUT)} speakers "
-                       f"({', '.join(LEAVE_OUT)}) that a model of the same recipe never heard"),
+        "training_data": {
+            "sources": {name: about for name, about in SOURCES.items()},
+            "classes": counts["speakers"],
+            "speed_copies": SPEEDS,
+            "held_out": f"{TEST_FRACTION:.0%} of each of the 31 speakers' clips, seed {SEED}; every development "
+                        f"speaker of {DEV_SPEAKERS.relative_to(ROOT)} (LibriSpeech whole)",
+            "command": "python -m training.default_model --speech ../shared/speech --corpus CORPUS",
+            "held_out_clips": held_out_clips(args.speech),
         },
+        "evaluation": test,
+        "new_speakers": new,
     })
     args.out.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(checkpoint, args.out)

@@ -34,7 +34,7 @@ from speaker_app.configs import from_dict
 
 from .config import TrainConfig
 from .data import DataError, load_features, read_labelled, read_speakers, read_test, split_utterances
-from .prepare import find_clips
+from .prepare import find_clips, read_list
 
 
 def source_of(speaker: str) -> str:
@@ -190,6 +190,8 @@ def main(argv=None) -> int:
     where.add_argument("--audio-dir", type=Path, help="folder of clips in speaker folders")
     parser.add_argument("--enroll", type=int, metavar="N", help="treat speakers as new: enroll each from N clips")
     parser.add_argument("--include", action="append", default=[], metavar="PATTERN", help="only these speakers (glob)")
+    parser.add_argument("--include-from", type=Path, action="append", default=[], metavar="FILE",
+                        help="only the speakers this file lists (the last field of each line)")
     parser.add_argument("--exclude", action="append", default=[], metavar="PATTERN", help="not these speakers (glob)")
     parser.add_argument("--split", choices=["auto", "test", "valid"], default="auto",
                         help="with --data: test (needs test_labels.csv), valid (the checkpoint's validation split); "
@@ -198,7 +200,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.enroll is not None and args.enroll < 1:
         parser.error("--enroll must be at least 1")
-    result = evaluate(args.checkpoint, args.data, args.audio_dir, args.enroll, args.include, args.exclude,
+    include = args.include + [name for path in args.include_from for name in read_list(path)]
+    result = evaluate(args.checkpoint, args.data, args.audio_dir, args.enroll, include, args.exclude,
                       progress=not args.json, split=args.split)
     print(report(result))
     if args.json:
