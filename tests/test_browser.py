@@ -82,11 +82,12 @@ def visitors_app(tmp_path_factory):
     """A tiny untrained model served with `--galleries per-visitor`, and a feature file to enroll."""
     from speaker_app.checkpoint import save_checkpoint
     from tests.helpers import start_app, stop_app
+    from tests.conftest import speechlike_features
     from tests.test_reliability_files import tiny
 
     folder = tmp_path_factory.mktemp("visitors")
     save_checkpoint(tiny(), folder / "tiny.pt")
-    torch.save(torch.randn(150, 40) - 5, folder / "voice.pt")
+    torch.save(speechlike_features(150), folder / "voice.pt")  # enrolling needs speech, not noise
     process, url = start_app(folder / "tiny.pt", folder, "--galleries", "per-visitor")
     try:
         yield url, folder / "voice.pt"
