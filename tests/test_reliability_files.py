@@ -97,7 +97,7 @@ def test_a_pickled_program_as_a_checkpoint_is_refused_unrun(tmp_path, capsys):
     (lambda: Checkpoint(TINY, FeatureConfig(), ["a", "b", "c"],
                         build_model(ModelConfig(d_model=64, n_heads=2, n_layers=2, ff_dim=64, emb_dim=16), 3)
                         .state_dict()),
-     r"weights do not fit the stored model config.*size mismatch for frontend.project.weight.*\[64, 40\].*\[32, 40\]"),
+     r"weights do not fit the stored model config.*size mismatch for frontend.project.weight.*\[64, 640\].*\[32, 640\]"),
     (lambda: Checkpoint(TINY, FeatureConfig(), ["a", "b"], build_model(TINY, 3).state_dict()),
      r"weights do not fit.*head.weight.*\[3, 16\].*\[2, 16\]"),
     (lambda: tiny(features=FeatureConfig(n_mels=80)),
