@@ -18,6 +18,24 @@ SPEECH = Path(os.environ.get("SPEECH_DIR", ROOT.parent / "shared" / "speech"))
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
+# Tests that train, start the app in a server, drive a browser or export to ONNX take seconds to
+# minutes each: `python -m pytest -m "not slow"` leaves them out (CI runs everything).
+SLOW_FIXTURES = {"app_server", "tiny_server", "visitors_app", "browser"}
+SLOW_MODULES = {"test_pipeline", "test_distributed", "test_reliability_crash", "test_reliability_load",
+                "test_export", "test_app_client", "test_browser", "test_gpu"}
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: trains, serves the app, drives a browser or exports (minutes)")
+    config.addinivalue_line("markers", "gpu: needs a CUDA GPU (skipped without one)")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.module.__name__.rpartition(".")[2] in SLOW_MODULES or SLOW_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def speech_dir() -> Path:
     if not (SPEECH / "vcc2016").is_dir():
