@@ -18,26 +18,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import soundfile as sf
-import soxr
+from tests.helpers import five_second_clip  # Allison's held-out clip looped to 5 s at 44.1 kHz
 
 from . import common
 
 ROOT = Path(__file__).resolve().parents[1]
-
-CLIP = ROOT / "examples" / "asterisk-allison_en-US_followme-status.flac"
-SECONDS = 5.0
-RATE = 44100  # what a browser microphone recording arrives as
-
-
-def five_second_clip(folder: Path, gain: float = 1.0, name: str = "five-seconds.wav") -> Path:
-    """The held-out clip looped to 5 s at 44.1 kHz; another gain gives another file of the same speech."""
-    wave, rate = sf.read(CLIP, dtype="float32")
-    wave = np.tile(wave, int(np.ceil(SECONDS * rate / len(wave))))[: int(SECONDS * rate)]
-    path = folder / name
-    sf.write(path, gain * soxr.resample(wave, rate, RATE), RATE, subtype="PCM_16")
-    return path
+SECONDS, RATE = 5.0, 44100  # what five_second_clip makes: a browser's microphone recording
 
 
 def timed(once, runs: int) -> list[float]:

@@ -12,81 +12,16 @@ and holds every enrolled name; writes the "load" section of bench/RESULTS.md (--
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
-from gradio_client import Client, handle_file
-
-from bench.app_latency import five_second_clip
 from bench.common import REPO, header, memory_mb, table, write_section
 from speaker_app.recognizer import MAX_BATCH
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def start_app(checkpoint: Path, folder: Path, timeout: float = 180) -> tuple[subprocess.Popen, str]:
-    """`python app.py` serving `checkpoint` on a free port, its gallery and log in `folder`."""
-    port = free_port()
-    env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "GRADIO_ANALYTICS_ENABLED": "False",
-           "GRADIO_TEMP_DIR": str(folder / "uploads")}
-    env.pop("GRADIO_SERVER_NAME", None)
-    log = open(folder / "app.log", "w")
-    process = subprocess.Popen([sys.executable, "app.py", "--checkpoint", str(checkpoint),
-                                "--gallery", str(folder / "gallery")],
-                               cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    log.close()
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + timeout
-    while True:
-        if process.poll() is not None:
-            raise RuntimeError(f"app.py exited with {process.returncode}:\n{(folder / 'app.log').read_text()}")
-        try:
-            with urllib.request.urlopen(url, timeout=5) as response:
-                if response.status == 200:
-                    return process, url
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            stop_app(process)
-            raise RuntimeError(f"app.py did not answer within {timeout:.0f} s:\n{(folder / 'app.log').read_text()}")
-        time.sleep(0.5)
-
-
-def stop_app(process: subprocess.Popen) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
-def client(url: str) -> Client:
-    return Client(url, verbose=False, analytics_enabled=False, download_files=tempfile.mkdtemp())
-
-
-def identify_once(user: Client, clip: Path):
-    label, _ = user.predict(handle_file(str(clip)), None, 3, api_name="/identify")
-    if not label.get("confidences"):
-        raise RuntimeError(f"an answer without speakers: {label}")
-
-
-def enroll_once(user: Client, name: str, clip: Path):
-    message, *_ = user.predict(name, [handle_file(str(clip))], api_name="/enroll")
-    if not message.startswith("Enrolled **"):
-        raise RuntimeError(f"unexpected enrollment answer: {message}")
+# The app in a subprocess and its gradio_client users: the tests' own helpers (tests never import bench).
+from tests.helpers import client, enroll_once, five_second_clip, gallery_names, identify_once, start_app, stop_app
 
 
 def run_load(url: str, clip: Path, users: int, requests: int, names: list[str], voices: list[Path]) -> dict:
@@ -118,14 +53,6 @@ def run_load(url: str, clip: Path, users: int, requests: int, names: list[str], 
     for thread in threads:
         thread.join()
     return {"latencies": latencies, "failures": failures, "wall_s": time.perf_counter() - start}
-
-
-def gallery_names(folder: Path) -> list[str]:
-    """Names in the app's gallery file; raises if it does not parse."""
-    files = list((folder / "gallery").glob("*.json"))
-    if len(files) != 1:
-        raise RuntimeError(f"expected one gallery file, found {files}")
-    return sorted(json.loads(files[0].read_text())["speakers"])
 
 
 def percentile(values: list[float], q: float) -> float:
