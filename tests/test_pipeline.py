@@ -91,6 +91,11 @@ def test_clear_errors_for_misuse(prepared, trained, tmp_path):
     result = subprocess.run([sys.executable, "-m", "training.train", "--data", str(prepared), "--out", str(trained),
                              "--steps", "1"], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode != 0 and "--resume" in result.stderr
+    resume = [sys.executable, "-m", "training.train", "--data", str(prepared), "--out", str(trained), "--resume"]
+    result = subprocess.run(resume + ["--set", "lr=0.01", "--batch-size", "16"], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode != 0 and "lr: run has 0.002, flags say 0.01" in result.stderr and "batch_size" in result.stderr
+    result = subprocess.run(resume + ["--steps", "500"], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode != 0 and "add --extend" in result.stderr  # a longer run is said, not implied
     result = subprocess.run([sys.executable, "-m", "training.evaluate", "--checkpoint", str(tmp_path / "none.pt"),
                              "--data", str(prepared)], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode != 0 and "no checkpoint" in result.stderr
