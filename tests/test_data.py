@@ -11,7 +11,7 @@ from speaker_app.scoring import equal_error_rate
 from training.augment import AugmentConfig, Augmenter
 from training.config import TrainConfig, override
 from training.data import (DataError, FeatureBank, Utterance, load_features, read_labelled, read_speakers,
-                           read_test, split_utterances, stratified_split)
+                           read_test, sampling_weights, split_utterances, stratified_split)
 from training.prepare import find_clips, main as prepare_main, prepare, utterance_name
 from tests.conftest import voiced
 
@@ -149,6 +149,20 @@ def test_config_overrides():
     assert config.model.d_model == 96 and config.steps == 10 and config.augment.snr_db == (1, 2)
     with pytest.raises(ValueError, match="unknown"):
         override(TrainConfig(), ["model.width=3"])
+
+
+def test_sampling_balances_speakers_by_a_power_of_their_clips():
+    utterances = [Utterance(f"{i}", speaker, 10) for i, speaker in enumerate([0] * 16 + [1] * 4 + [2])]
+
+    def speaker_shares(balance):
+        weights = sampling_weights(utterances, balance)
+        return torch.stack([weights[:16].sum(), weights[16:20].sum(), weights[20:].sum()]) / weights.sum()
+
+    assert torch.allclose(speaker_shares(True), torch.full((3,), 1 / 3))
+    assert torch.allclose(speaker_shares(False), torch.tensor([16, 4, 1]) / 21)
+    assert torch.allclose(speaker_shares(0.5), torch.tensor([4, 2, 1]) / 7)  # the root of each speaker's clips
+    with pytest.raises(ValueError, match="balance_speakers"):
+        TrainConfig(balance_speakers=2)
 
 
 def test_equal_error_rate():

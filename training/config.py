@@ -23,7 +23,9 @@ class TrainConfig:
     steps: int = 4000
     batch_size: int = 64  # global: split across ranks under torchrun
     segment_frames: int = 200  # random crop length (2 s)
-    balance_speakers: bool = True  # draw every speaker equally often (else every utterance)
+    # how to draw clips: a speaker is drawn in proportion to (its clips)^(1 - balance_speakers), so
+    # 1 (or true) draws every speaker equally often, 0 (or false) every clip, 0.5 a speaker by the root of its clips
+    balance_speakers: float = 1.0
     lr: float = 2e-3
     weight_decay: float = 0.05
     warmup_steps: int = 300
@@ -45,6 +47,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 0 <= self.valid_fraction < 1:
             raise ValueError(f"valid_fraction must be in [0, 1), got {self.valid_fraction}")
+        if not 0 <= self.balance_speakers <= 1:
+            raise ValueError(f"balance_speakers must be in [0, 1] (or true/false), got {self.balance_speakers}")
         if self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
         if self.precision not in ("bf16", "fp32"):

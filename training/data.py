@@ -275,19 +275,18 @@ class GlobalBatchSampler:
             yield list(zip(index.tolist(), position.tolist()))
 
 
-def sampling_weights(utterances: list[Utterance], balance_speakers: bool) -> torch.Tensor:
-    """Per-utterance sampling weights: uniform, or so that every speaker is drawn equally often."""
-    if not balance_speakers:
-        return torch.ones(len(utterances))
+def sampling_weights(utterances: list[Utterance], balance_speakers: float) -> torch.Tensor:
+    """Per-utterance sampling weights, (speaker's clips)^-balance_speakers: 0 draws every clip equally
+    often, 1 every speaker, 0.5 a speaker in proportion to the square root of its clips."""
     counts = torch.bincount(torch.tensor([u.speaker for u in utterances])).float()
-    return 1.0 / counts[[u.speaker for u in utterances]]
+    return counts[[u.speaker for u in utterances]] ** -float(balance_speakers)
 
 
 def crop_batches(train: list[Utterance], root: Path, n_mels: int, batch_size: int, segment: int,
-                 seed: int, bank: FeatureBank | None, workers: int = 2, balance_speakers: bool = True,
+                 seed: int, bank: FeatureBank | None, workers: int = 2, balance_speakers: float = 1.0,
                  step: int = 0, rank: int = 0, world: int = 1):
-    """An endless stream of (features, lengths, labels) batches of random crops, speaker-balanced or
-    uniform over utterances, from training step `step` on. `batch_size` is the global batch; rank
+    """An endless stream of (features, lengths, labels) batches of random crops, drawn with
+    `sampling_weights(train, balance_speakers)`, from training step `step` on. `batch_size` is the global batch; rank
     `rank` of `world` processes gets its equal slice, so any number of processes trains on the same
     global batches. From memory when a bank is given, else read from disk by `workers` processes;
     both give the same crops (from disk, padded only to the longest crop of the batch)."""
