@@ -1,5 +1,6 @@
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -142,6 +143,15 @@ def test_augmenter_keeps_shapes_padding_and_is_seeded():
     assert (a[1, 30:] == 0).all() and (a[3, 5:] == 0).all()
     # band-limited: filters wholly above 4 kHz are empty
     assert (a[:, :5, -5:] < -15).all()
+
+
+def test_default_recipe_names_the_default_model():
+    from speaker_app.configs import from_dict
+    from speaker_app.model import ModelConfig
+    from training.config import read_config_file
+
+    recipe = from_dict(TrainConfig, read_config_file(Path(__file__).parents[1] / "training" / "configs" / "default.json"))
+    assert recipe.model == ModelConfig()  # the shipped model is the default architecture
 
 
 def test_config_overrides():
