@@ -66,12 +66,8 @@ STEPS = 250
 
 def train_and_score(name: str, seed: int, args, data: Path) -> dict:
     out = args.work / "runs" / f"{name}-seed{seed}"
-    scored = out / "score.json"
-    if scored.exists():
-        return json.loads(scored.read_text())
-    if out.exists():  # an interrupted run: start it again
-        for path in sorted(out.iterdir(), reverse=True):
-            path.unlink()
+    if (done := common.finished_score(out)) is not None:
+        return done
     flags = [a for setting in BEFORE + ROWS[name][1] for a in ("--set", setting)]
     device = ["--device", "cuda", "--set", "precision=fp32"] if args.device == "cuda" else []
     command = ["-m", "training.train", "--data", str(data), "--out", str(out), "--steps", str(args.steps),
@@ -80,14 +76,9 @@ def train_and_score(name: str, seed: int, args, data: Path) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     wall = run(command, out.with_suffix(".log"))
     result = {**score(out, data, args.device), "wall_s": wall, "command": "python " + " ".join(command)}
-    scored.write_text(json.dumps(result))
+    (out / "score.json").write_text(json.dumps(result))
     print(f"{name} seed {seed}: top-1 {result['top1']:.4f}, EER {result['eer']:.4f}, {wall:.0f} s", flush=True)
     return result
-
-
-def mean_std(values: list[float]) -> str:
-    spread = f" ± {statistics.stdev(values) * 100:.1f}" if len(values) > 1 else ""
-    return f"{statistics.fmean(values) * 100:.1f}{spread}"
 
 
 def report(results: dict, args, wall_s: float) -> str:
@@ -97,7 +88,7 @@ def report(results: dict, args, wall_s: float) -> str:
         if not runs:
             continue
         rows.append([f"`{name}`", idea, len(runs), f"{runs[0]['params'] / 1e6:.2f} M",
-                     mean_std([r["top1"] for r in runs]), mean_std([r["eer"] for r in runs]),
+                     common.mean_std([r["top1"] for r in runs]), common.mean_std([r["eer"] for r in runs]),
                      f"{statistics.fmean(r['wall_s'] for r in runs):.0f}",
                      "`" + " ".join(f"--set {f}" for f in flags) + "`" if flags else "(none)"])
     return "\n".join([

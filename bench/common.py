@@ -7,10 +7,12 @@ Each script owns one section of bench/RESULTS.md between `<!-- BEGIN name -->` a
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import platform
 import re
 import shlex
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -93,3 +95,21 @@ def write_section(name: str, text: str, path: Path | None = RESULTS) -> None:
     new = pattern.sub(lambda _: block, old) if pattern.search(old) else old.rstrip() + "\n\n" + block + "\n"
     path.write_text(new)
     print(f"wrote section {name!r} of {path}")
+
+
+def finished_score(run: Path) -> dict | None:
+    """The score.json of a run folder that finished, else None (an interrupted run's files are removed,
+    so it starts again)."""
+    scored = run / "score.json"
+    if scored.exists():
+        return json.loads(scored.read_text())
+    if run.exists():
+        for path in run.iterdir():
+            path.unlink()
+    return None
+
+
+def mean_std(values: list[float]) -> str:
+    """Percentages: the mean, and ± the standard deviation when there are several values."""
+    spread = f" ± {statistics.stdev(values) * 100:.1f}" if len(values) > 1 else ""
+    return f"{statistics.fmean(values) * 100:.1f}{spread}"

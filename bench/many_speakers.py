@@ -103,12 +103,8 @@ def new_voices(checkpoint_path: Path, dev: Path) -> dict:
 
 def train_and_score(name: str, seed: int, args) -> dict:
     out = args.work / "runs" / f"{name}-seed{seed}"
-    scored = out / "score.json"
-    if scored.exists():
-        return json.loads(scored.read_text())
-    if out.exists():  # an interrupted run: start it again
-        for path in out.iterdir():
-            path.unlink()
+    if (done := common.finished_score(out)) is not None:
+        return done
     idea, view, flags = ROWS[name]
     data = make_view(args.data, args.work / f"view-{view}", view)
     command = ["-m", "training.train", "--data", str(data), "--out", str(out), "--steps", str(args.steps),
@@ -119,15 +115,10 @@ def train_and_score(name: str, seed: int, args) -> dict:
     wall = run(command, out.with_suffix(".log"))
     result = {**score(out, data), **new_voices(out / "best.pt", args.dev), "wall_s": wall,
               "speakers": len(read_speakers(data)), "command": "python " + " ".join(command)}
-    scored.write_text(json.dumps(result))
+    (out / "score.json").write_text(json.dumps(result))
     print(f"{name} seed {seed}: enroll-5 top-1 {result['enroll_top1']:.4f}, EER {result['eer']:.4f}, "
           f"31-speaker top-1 {result['top1']:.4f}, {wall:.0f} s", flush=True)
     return result
-
-
-def mean_std(values: list[float]) -> str:
-    spread = f" ± {statistics.stdev(values) * 100:.1f}" if len(values) > 1 else ""
-    return f"{statistics.fmean(values) * 100:.1f}{spread}"
 
 
 def report(results: dict, args, wall_s: float) -> str:
@@ -136,10 +127,10 @@ def report(results: dict, args, wall_s: float) -> str:
         runs = [results[name, seed] for seed in args.seeds if (name, seed) in results]
         if not runs:
             continue
-        rows.append([f"`{name}`", idea, runs[0]["speakers"], len(runs), mean_std([r["enroll_top1"] for r in runs]),
-                     mean_std([r["eer"] for r in runs]),
-                     mean_std([r["min_dcf"] for r in runs]) if "min_dcf" in runs[0] else "",
-                     mean_std([r["top1"] for r in runs]), f"{statistics.fmean(r['wall_s'] for r in runs):.0f}",
+        rows.append([f"`{name}`", idea, runs[0]["speakers"], len(runs), common.mean_std([r["enroll_top1"] for r in runs]),
+                     common.mean_std([r["eer"] for r in runs]),
+                     common.mean_std([r["min_dcf"] for r in runs]) if "min_dcf" in runs[0] else "",
+                     common.mean_std([r["top1"] for r in runs]), f"{statistics.fmean(r['wall_s'] for r in runs):.0f}",
                      f"view `{view}`" + (" " + " ".join(f"`--set {f}`" for f in flags) if flags else "")])
     return "\n".join([
         common.header("New voices: what helps on unseen speakers (CPU)", wall_s),

@@ -12,11 +12,17 @@ import tempfile
 import threading
 import time
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 import soxr
+import torch
+
+from speaker_app.checkpoint import Checkpoint, save_checkpoint
+from speaker_app.features import FeatureConfig
+from speaker_app.model import ModelConfig, build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 ALLISON = ROOT / "examples" / "asterisk-allison_en-US_followme-status.flac"  # held out from training
@@ -56,6 +62,27 @@ def start_app(checkpoint: Path, folder: Path, *args: str, timeout: float = 180) 
             stop_app(process)
             raise RuntimeError(f"app.py did not answer within {timeout:.0f} s:\n{(folder / 'app.log').read_text()}")
         time.sleep(0.5)
+
+
+TINY = ModelConfig(d_model=32, n_heads=2, n_layers=2, ff_dim=64, emb_dim=16)
+
+
+def tiny(config: ModelConfig = TINY, features: FeatureConfig = FeatureConfig(), speakers=("a", "b", "c"),
+         seed: int = 0) -> Checkpoint:
+    """A tiny untrained model (seeded) as a checkpoint."""
+    torch.manual_seed(seed)
+    return Checkpoint(config, features, list(speakers), build_model(config, len(speakers)).state_dict())
+
+
+@contextmanager
+def serving_tiny(folder: Path, *args: str):
+    """`python app.py *args` serving a tiny untrained model from `folder`: (process, url)."""
+    save_checkpoint(tiny(), folder / "tiny.pt")
+    process, url = start_app(folder / "tiny.pt", folder, *args)
+    try:
+        yield process, url
+    finally:
+        stop_app(process)
 
 
 def stop_app(process: subprocess.Popen) -> None:

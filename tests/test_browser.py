@@ -81,19 +81,13 @@ def test_microphone_recording_is_identified(page):
 @pytest.fixture(scope="module")
 def visitors_app(tmp_path_factory):
     """A tiny untrained model served with `--galleries per-visitor`, and a feature file to enroll."""
-    from speaker_app.checkpoint import save_checkpoint
-    from tests.helpers import start_app, stop_app
     from tests.conftest import speechlike_features
-    from tests.test_reliability_files import tiny
+    from tests.helpers import serving_tiny
 
     folder = tmp_path_factory.mktemp("visitors")
-    save_checkpoint(tiny(), folder / "tiny.pt")
     torch.save(speechlike_features(150), folder / "voice.pt")  # enrolling needs speech, not noise
-    process, url = start_app(folder / "tiny.pt", folder, "--galleries", "per-visitor")
-    try:
+    with serving_tiny(folder, "--galleries", "per-visitor") as (_, url):
         yield url, folder / "voice.pt"
-    finally:
-        stop_app(process)
 
 
 def visit_enroll_tab(browser, url):

@@ -26,9 +26,8 @@ import app
 from speaker_app.checkpoint import save_checkpoint
 from speaker_app.recognizer import InputError, Recognizer, fingerprint
 from tests.conftest import speechlike_features
-from tests.helpers import (ROOT, client, enroll_once, five_second_clip, peak_growth_mb, run_together, start_app,
-                           stop_app)
-from tests.test_reliability_files import tiny
+from tests.helpers import (ROOT, client, enroll_once, five_second_clip, peak_growth_mb, run_together, serving_tiny,
+                           tiny)
 
 
 def clip(seed: int, frames: int = 150) -> torch.Tensor:
@@ -170,14 +169,9 @@ def test_2_feature_files_past_ten_minutes_are_refused(recognizer, tmp_path, kind
 def tiny_server(tmp_path_factory):
     """`python app.py` serving a tiny untrained model from its own folder: (process, url, folder, 5 s clip)."""
     folder = tmp_path_factory.mktemp("server")
-    save_checkpoint(tiny(), folder / "tiny.pt")
-    process, url = start_app(folder / "tiny.pt", folder)
-    clips = folder / "clips"
-    clips.mkdir()
-    try:
-        yield process, url, folder, five_second_clip(clips)
-    finally:
-        stop_app(process)
+    (folder / "clips").mkdir()
+    with serving_tiny(folder) as (process, url):
+        yield process, url, folder, five_second_clip(folder / "clips")
 
 
 def test_3_a_deleted_speaker_leaves_no_audio_on_the_server(tiny_server):

@@ -18,13 +18,7 @@ from speaker_app.model import ModelConfig, build_model
 from speaker_app.recognizer import InputError, Recognizer
 from training.data import DataError, load_features
 
-TINY = ModelConfig(d_model=32, n_heads=2, n_layers=2, ff_dim=64, emb_dim=16)
-
-
-def tiny(config: ModelConfig = TINY, features: FeatureConfig = FeatureConfig(), speakers=("a", "b", "c"),
-         seed: int = 0) -> Checkpoint:
-    torch.manual_seed(seed)
-    return Checkpoint(config, features, list(speakers), build_model(config, len(speakers)).state_dict())
+from tests.helpers import TINY, tiny
 
 
 class Payload:

@@ -12,27 +12,19 @@ import soundfile as sf
 import soxr
 import torch
 
-from speaker_app.checkpoint import Checkpoint, save_checkpoint
-from speaker_app.features import FeatureConfig, read_audio
+from speaker_app.checkpoint import save_checkpoint
+from speaker_app.features import read_audio
 from speaker_app.inference import CHUNK_FRAMES
-from speaker_app.model import ModelConfig, build_model
 from speaker_app.recognizer import InputError, Recognizer
 from tests.conftest import speechlike_features, voiced
+from tests.helpers import tiny
 from tests.test_app import untrained  # noqa: F401  (a fixture)
 from tests.test_distributed import synthetic_course
 from training import evaluate, predict, prepare
 
-TINY = ModelConfig(d_model=32, n_heads=2, n_layers=2, ff_dim=64, emb_dim=16)
-
-
-def tiny_checkpoint(speakers) -> Checkpoint:
-    torch.manual_seed(0)
-    return Checkpoint(TINY, FeatureConfig(), list(speakers), build_model(TINY, len(speakers)).state_dict())
-
-
 @pytest.fixture
 def recognizer(tmp_path):
-    return Recognizer(tiny_checkpoint(["a/one", "a/two", "b/three"]), tmp_path / "gallery.json")
+    return Recognizer(tiny(speakers=["a/one", "a/two", "b/three"]), tmp_path / "gallery.json")
 
 
 def test_white_noise_gets_an_answer_not_an_error(untrained, recognizer, tmp_path):
@@ -148,7 +140,7 @@ def test_prepare_and_evaluate_skip_bad_clips_with_reasons(tmp_path, capsys):
     assert len(list((tmp_path / "data").glob("uttr-*.pt"))) == len(good)
 
     checkpoint = tmp_path / "tiny.pt"
-    save_checkpoint(tiny_checkpoint(["spk/a", "spk/b"]), checkpoint)
+    save_checkpoint(tiny(speakers=["spk/a", "spk/b"]), checkpoint)
     result = evaluate.evaluate(checkpoint, audio_dir=tmp_path / "clips", include=["spk/*"], progress=False)
     assert result["n"] == len(good)
     assert capsys.readouterr().err.count("skipped ") == len(bad)
@@ -177,7 +169,7 @@ def course(tmp_path_factory):
     labels = [f"{u['feature_path']},{name}" for name, items in metadata.items() for u in items[:1]]
     (root / "test_labels.csv").write_text("\n".join(["Id,Category", *labels]) + "\n")
     checkpoint = root.parent / "tiny.pt"
-    save_checkpoint(tiny_checkpoint(sorted(metadata)), checkpoint)
+    save_checkpoint(tiny(speakers=sorted(metadata)), checkpoint)
     return root, checkpoint, tests
 
 

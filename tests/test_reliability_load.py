@@ -8,22 +8,16 @@ import pytest
 from gradio_client import handle_file
 
 import app
-from speaker_app.checkpoint import save_checkpoint
 from tests.helpers import (client, enroll_once, five_second_clip, gallery_names, identify_once, memory_mb,
-                           run_together, start_app, stop_app)
-from tests.test_reliability_files import tiny
+                           run_together, serving_tiny)
 
 
 @pytest.fixture(scope="module")
 def tiny_app(tmp_path_factory):
     """`python app.py` serving a tiny untrained model: (process, url, folder, 5 s clip)."""
     folder = tmp_path_factory.mktemp("load")
-    save_checkpoint(tiny(), folder / "tiny.pt")
-    process, url = start_app(folder / "tiny.pt", folder)
-    try:
+    with serving_tiny(folder) as (process, url):
         yield process, url, folder, five_second_clip(folder)
-    finally:
-        stop_app(process)
 
 
 def test_concurrent_identify_and_enroll(tiny_app):
