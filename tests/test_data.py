@@ -190,3 +190,23 @@ def test_training_refuses_features_that_are_no_log_mels(tmp_path, value, message
     torch.save(torch.full((30, 40), value), tmp_path / "uttr-x.pt")
     with pytest.raises(DataError, match=re.escape(f"uttr-x.pt {message}")):
         load_features(tmp_path / "uttr-x.pt", 40)
+
+
+def test_init_copies_weights_and_the_classifier_rows_of_known_speakers_by_name():
+    from speaker_app.checkpoint import Checkpoint
+    from speaker_app.model import ModelConfig, build_model
+    from training.train import initialise_from
+
+    config = ModelConfig(d_model=16, n_heads=2, n_layers=1, ff_dim=32, emb_dim=8, frontend_channels=4)
+    torch.manual_seed(0)
+    source = build_model(config, 3)
+    checkpoint = Checkpoint(config, FeatureConfig(), ["a", "b", "c"], source.state_dict())
+    torch.manual_seed(1)
+    model = build_model(config, 3)
+    fresh = model.state_dict()["head.weight"].clone()
+    assert initialise_from(model, checkpoint, ["c", "new", "a"]) == 2
+    head, theirs = model.state_dict()["head.weight"], source.state_dict()["head.weight"]
+    assert torch.equal(head[0], theirs[2]) and torch.equal(head[2], theirs[0]) and torch.equal(head[1], fresh[1])
+    for name, value in source.state_dict().items():
+        if name != "head.weight":
+            assert torch.equal(model.state_dict()[name], value), name

@@ -53,6 +53,15 @@ def test_training_writes_a_resumable_run(trained):
     assert "optimizer" not in torch.load(trained / "best.pt", weights_only=True)["training_state"]
 
 
+def test_fine_tuning_starts_from_the_checkpoint(prepared, trained, tmp_path):
+    out = tmp_path / "fine-tuned"
+    printed = run("training.train", "--data", str(prepared), "--out", str(out), "--init", str(trained / "best.pt"),
+                  "--steps", "2", "--set", "valid_every=2", "--set", "warmup_steps=1", "--no-progress")
+    assert "it knew 5 of the 5 speakers" in printed
+    tuned = torch.load(out / "last.pt", weights_only=True)
+    assert tuned["info"]["init"]["speakers_known"] == 5 and tuned["model_config"]["d_model"] == 64  # the checkpoint's model
+
+
 def test_evaluate_is_far_above_chance(prepared, trained):
     out = run("training.evaluate", "--checkpoint", str(trained / "best.pt"), "--data", str(prepared), "--json")
     result = json.loads(out.strip().splitlines()[-1])

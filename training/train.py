@@ -1,7 +1,8 @@
 """Train a speaker classifier on a course-layout data folder.
 
     python -m training.train --data DIR --out RUN_DIR [--config FILE] [--steps N] [--set KEY=VALUE]
-                             [--device auto|cpu|cuda] [--model conformer|baseline|ecapa] [--resume [--extend]]
+                             [--device auto|cpu|cuda] [--model conformer|baseline|ecapa] [--init CKPT]
+                             [--resume [--extend]]
     torchrun --nproc_per_node=N -m training.train ...   (DistributedDataParallel)
 
 Writes RUN_DIR/config.json, RUN_DIR/metrics.csv (one row per validation),
@@ -19,6 +20,10 @@ that would change it are refused, so an interrupted command can be repeated
 with `--resume` added. `--resume --extend --steps N` lengthens a run to N
 steps: the cosine schedule is stretched to N, so the learning rate rises from
 where it was to the new curve (the command says by how much).
+
+`--init CKPT` fine-tunes: the run starts from the checkpoint's model and
+weights (the default model, say, on the course data); each speaker the
+checkpoint knows keeps its classifier row, new speakers start fresh.
 
 This module only parses and wires; the loop is `training/loop.py`.
 """
@@ -61,6 +66,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="any config field, e.g. model.d_model=192 or augment.noise_prob=0")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--init", type=Path, metavar="CKPT",
+                        help="fine-tune: start from this checkpoint's model and weights (speakers' classifier rows by "
+                             "name, new speakers' rows fresh)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
     parser.add_argument("--extend", action="store_true", help="with --resume: lengthen the run to --steps")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -125,6 +133,22 @@ def load_data(root: Path, config: TrainConfig, features: FeatureConfig, device, 
     return speakers, train, valid, bank, valid_bank
 
 
+def initialise_from(model: torch.nn.Module, checkpoint: Checkpoint, speakers: list[str]) -> int:
+    """Copy `checkpoint`'s weights into `model` (same architecture; its input statistics too). The
+    classifier's rows follow the speakers' names: a speaker the checkpoint knows gets its row, a new
+    one keeps its fresh row. Returns how many of `speakers` the checkpoint knew."""
+    state = dict(checkpoint.state_dict)
+    head = model.state_dict()["head.weight"].clone()
+    known = {name: i for i, name in enumerate(checkpoint.speakers)}
+    rows = [(i, known[name]) for i, name in enumerate(speakers) if name in known]
+    if rows:
+        mine, theirs = map(list, zip(*rows))
+        head[mine] = state["head.weight"][theirs].to(head)
+    state["head.weight"] = head
+    model.load_state_dict(state)
+    return len(rows)
+
+
 def load_resume(args) -> Checkpoint | None:
     last = args.out / "last.pt"
     if not args.resume:
@@ -147,6 +171,13 @@ def main(argv=None) -> int:
                   else resolve_config(args))
     except ValueError as error:
         raise SystemExit(f"error: {error}")
+    init = None
+    if args.init and not resume:  # a resumed fine-tuning run goes on from its own last.pt
+        try:
+            init = load_checkpoint(args.init)
+        except CheckpointError as error:
+            raise SystemExit(f"error: --init: {error}")
+        config = replace(config, model=init.model_config)  # the model is the checkpoint's
 
     env = Distributed(args.device)
     progress = env.main and not args.no_progress
@@ -166,6 +197,11 @@ def main(argv=None) -> int:
     optimizer = make_optimizer(model, config)
     scheduler = make_schedule(optimizer, config)
     info = {"data": str(args.data), "n_train": len(train), "n_valid": len(valid), "world_size": env.world}
+    if init is not None:
+        known = initialise_from(model, init, speakers)
+        info["init"] = {"checkpoint": str(args.init), "step": init.step, "speakers_known": known}
+        if env.main:
+            print(f"starting from {args.init} (step {init.step}); it knew {known} of the {len(speakers)} speakers")
     run = Run(args.out, config, features, speakers, info)
     if resume:
         model.load_state_dict(resume.state_dict)
