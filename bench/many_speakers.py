@@ -35,6 +35,7 @@ from speaker_app.checkpoint import load_checkpoint
 from speaker_app.inference import infer
 from training.data import load_features, read_labelled, read_speakers
 from training.evaluate import enrollment
+from training.prepare import link_view
 
 from . import common
 from .accuracy import run, score
@@ -69,26 +70,8 @@ def keeps(view: str, speaker: str, n_clips: int) -> bool:
 
 
 def make_view(source: Path, target: Path, view: str) -> Path:
-    """A course-layout folder of links to `source`'s features that keeps the speakers of `view`;
-    the held-out test clips stay whole."""
-    if (target / "test_labels.csv").exists():
-        return target
-    metadata = json.loads((source / "metadata.json").read_text())
-    counts = {s: len(items) for s, items in metadata["speakers"].items()}
-    test = json.loads((source / "testdata.json").read_text())
-    tested = {line.split(",")[1] for line in (source / "test_labels.csv").read_text().splitlines()[1:]}
-    kept = sorted(s for s in metadata["speakers"] if keeps(view, s, counts[s]) or s in tested)
-    target.mkdir(parents=True, exist_ok=True)
-    for item in [u for s in kept for u in metadata["speakers"][s]] + test["utterances"]:
-        link = target / item["feature_path"]
-        if not link.exists():
-            os.symlink(source.resolve() / item["feature_path"], link)
-    (target / "mapping.json").write_text(json.dumps({"speaker2id": {s: i for i, s in enumerate(kept)},
-                                                      "id2speaker": {str(i): s for i, s in enumerate(kept)}}))
-    (target / "metadata.json").write_text(json.dumps({**metadata, "speakers": {s: metadata["speakers"][s] for s in kept}}))
-    for name in ("testdata.json", "feature_config.json", "test_labels.csv"):
-        (target / name).write_text((source / name).read_text())
-    return target
+    """A folder of links to `source`'s features keeping the speakers of `view` (and the held-out clips)."""
+    return link_view(source, target, lambda speaker, n_clips: keeps(view, speaker, n_clips))
 
 
 def new_voices(checkpoint_path: Path, dev: Path) -> dict:

@@ -184,6 +184,30 @@ class _Serial:
         return map(function, jobs)
 
 
+def link_view(source: Path, target: Path, keep, clips: set[str] | None = None) -> Path:
+    """A course-layout folder of links to `source`'s features with the speakers for which
+    `keep(speaker, n_clips)` holds (only their `clips`, feature paths, when given); the held-out
+    test clips all stay, with their speakers. Made once."""
+    if (target / "test_labels.csv").exists():
+        return target
+    metadata = json.loads((source / "metadata.json").read_text())
+    test = json.loads((source / "testdata.json").read_text())
+    tested = {line.split(",")[1] for line in (source / "test_labels.csv").read_text().splitlines()[1:]}
+    kept = sorted(s for s, items in metadata["speakers"].items() if keep(s, len(items)) or s in tested)
+    speakers = {s: [u for u in metadata["speakers"][s] if clips is None or u["feature_path"] in clips] for s in kept}
+    target.mkdir(parents=True, exist_ok=True)
+    for item in [u for s in kept for u in speakers[s]] + test["utterances"]:
+        link = target / item["feature_path"]
+        if not link.exists():
+            os.symlink(source.resolve() / item["feature_path"], link)
+    (target / "mapping.json").write_text(json.dumps({"speaker2id": {s: i for i, s in enumerate(kept)},
+                                                      "id2speaker": {str(i): s for i, s in enumerate(kept)}}))
+    (target / "metadata.json").write_text(json.dumps({**metadata, "speakers": speakers}))
+    for name in ("testdata.json", "feature_config.json", "test_labels.csv"):
+        (target / name).write_text((source / name).read_text())
+    return target
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.prepare", description=__doc__.split("\n\n")[0])
     parser.add_argument("paths", nargs="+", type=Path, metavar="AUDIO_DIR ... OUT_DIR")
