@@ -34,8 +34,8 @@ class Checkpoint:
     metrics: dict = field(default_factory=dict)
     info: dict = field(default_factory=dict)  # training data, config, calibration, ...
     training_state: dict = field(default_factory=dict)  # optimizer, scheduler, RNG: last.pt only
-    # (K, E) unit embeddings of training speakers that are not among `speakers` (their AM-softmax class
-    # weights): the cohort that adaptive score normalisation compares each side of a trial with.
+    # (K, E) unit embeddings of training speakers that are not among `speakers` (for the default model,
+    # their mean embeddings): the cohort that adaptive score normalisation compares each side of a trial with.
     cohort: torch.Tensor | None = None
 
     def build_model(self) -> SpeakerModel:

@@ -7,12 +7,14 @@ CORPUS is the many-speaker corpus that ../shared/corpora/build.sh makes.
 1. prepare the 31 speakers of --speech (20 % of each speaker's clips held out,
    seed 0, as always) together with CORPUS, leaving out the unseen development
    speakers of bench/dev_speakers.txt (one whole source, LibriSpeech, among them);
-2. train the recipe of training/configs/default.json on it;
-3. export: the 31 speakers are the model's classes; the class vectors of the
-   other training speakers become the cohort for score normalisation;
+2. train the recipe of training/configs/default.json on it (every speaker a class);
+3. fine-tune on the 31 speakers' training clips (training/configs/default-finetune.json,
+   `training.train --init`): they become the model's only classes; the mean
+   embeddings of the other training speakers (3 clips each) become the cohort for
+   score normalisation;
 4. calibrate the decisions (`training.calibrate`) on the calibration half of the
-   development speakers, with the 31 speakers' validation clips as the known
-   speakers' trials;
+   development speakers, with the 31 speakers' validation clips of step 2 (never
+   trained on in either step) as the known speakers' trials;
 5. evaluate: the 31 speakers' held-out clips, and enrollment of the test half of
    the development speakers (5 clips each); write the checkpoint with its
    evaluation, calibration and data provenance inside.
@@ -27,21 +29,26 @@ import json
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
+import torch
 import torch.nn.functional as F
 
 from speaker_app.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from speaker_app.configs import from_dict
+from speaker_app.inference import infer
 
 from . import calibrate, prepare, train
 from .config import TrainConfig
-from .data import read_labelled, read_speakers, split_utterances
+from .data import Utterance, load_features, read_labelled, read_speakers, split_utterances
 from .evaluate import evaluate
-from .prepare import find_clips, split_test
+from .prepare import find_clips, link_view, split_test
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "training" / "configs" / "default.json"
+FINE_TUNE = ROOT / "training" / "configs" / "default-finetune.json"
+COHORT_CLIPS = 3
 DEV_SPEAKERS = ROOT / "bench" / "dev_speakers.txt"
 TEST_FRACTION, SEED = 0.2, 0
 SPEEDS: list[float] = []  # speed copies of every training clip, as new speakers (see bench.many_speakers)
@@ -79,9 +86,9 @@ def prepared(speech: Path, corpus: Path, folder: Path, speeds: list[float]) -> P
     return folder
 
 
-def trained(data: Path, run: Path, extra: list[str]) -> Path:
-    """Train (or finish training) the recipe; returns best.pt."""
-    argv = ["--data", str(data), "--out", str(run), "--config", str(RECIPE), *extra]
+def trained(data: Path, run: Path, recipe: Path, extra: list[str]) -> Path:
+    """Train (or finish training) `recipe`; returns best.pt."""
+    argv = ["--data", str(data), "--out", str(run), "--config", str(recipe), *extra]
     if (run / "last.pt").exists():
         if load_checkpoint(run / "last.pt").step >= json.loads((run / "config.json").read_text())["steps"]:
             return run / "best.pt"
@@ -90,16 +97,21 @@ def trained(data: Path, run: Path, extra: list[str]) -> Path:
     return run / "best.pt"
 
 
-def known_only(checkpoint: Checkpoint, known: list[str]) -> Checkpoint:
-    """The model with `known` as its only classes; every other original speaker's unit class vector
-    joins the cohort (speed copies, 'name@0.9', do not: they are the same voices)."""
-    weight = checkpoint.state_dict["head.weight"]
-    index = {name: i for i, name in enumerate(checkpoint.speakers)}
-    kept = [index[name] for name in known]
-    others = [i for name, i in index.items() if name not in set(known) and "@" not in name]
-    state = {**checkpoint.state_dict, "head.weight": weight[kept].clone()}
-    return Checkpoint(checkpoint.model_config, checkpoint.feature_config, list(known), state, checkpoint.step,
-                      checkpoint.metrics, dict(checkpoint.info), {}, cohort=F.normalize(weight[others].float(), dim=-1))
+def with_cohort(checkpoint: Checkpoint, data: Path, train: list[Utterance], speakers: list[str],
+                known: list[str]) -> Checkpoint:
+    """The checkpoint with a cohort: the unit mean embedding of each other training speaker (its first
+    COHORT_CLIPS training clips; speed copies, 'name@0.9', are the same voices and are left out)."""
+    clips: dict[str, list[Utterance]] = {}
+    for u in sorted(train, key=lambda u: u.path):
+        name = speakers[u.speaker]
+        if name not in set(known) and "@" not in name and len(clips.setdefault(name, [])) < COHORT_CLIPS:
+            clips[name].append(u)
+    chosen = [u for group in clips.values() for u in group]
+    n_mels = checkpoint.feature_config.n_mels
+    embeddings = infer(checkpoint.build_model(), [load_features(data / u.path, n_mels) for u in chosen]).embeddings
+    owner = torch.tensor([i for i, group in enumerate(clips.values()) for _ in group])
+    cohort = torch.zeros(len(clips), embeddings.shape[1]).index_add_(0, owner, embeddings)
+    return replace(checkpoint, cohort=F.normalize(cohort, dim=-1), training_state={})
 
 
 def validation_view(data: Path, config: TrainConfig, known: list[str], folder: Path) -> Path:
@@ -153,12 +165,18 @@ def main(argv=None) -> int:
     known = sorted(find_clips(args.speech))
 
     data = prepared(args.speech, args.corpus, args.work / "data", SPEEDS)
-    best = trained(data, args.work / "run", ["--no-progress", *[a for s in args.set for a in ("--set", s)]])
+    settings = [a for s in args.set for a in ("--set", s)]
+    best = trained(data, args.work / "run", RECIPE, ["--no-progress", *settings])
     trained_model = load_checkpoint(best)
     config = from_dict(TrainConfig, trained_model.info["train_config"])
+    speakers = read_speakers(data)
+    train_clips, _ = split_utterances(read_labelled(data, speakers), config.valid_fraction, config.seed)
+    known_train = link_view(data, args.work / "known", lambda speaker, _: speaker in set(known),
+                            {u.path for u in train_clips if speakers[u.speaker] in set(known)})
+    tuned = trained(known_train, args.work / "run-known", FINE_TUNE, ["--no-progress", "--init", str(best)])
     calibrated = args.work / "calibrated.pt"
     if not calibrated.exists():
-        save_checkpoint(known_only(trained_model, known), args.work / "exported.pt")
+        save_checkpoint(with_cohort(load_checkpoint(tuned), data, train_clips, speakers, known), args.work / "exported.pt")
         known_valid = validation_view(data, config, known, args.work / "known-valid")
         calibrate.main(["--checkpoint", str(args.work / "exported.pt"), "--audio-dir", str(args.corpus),
                         "--speakers", str(DEV_SPEAKERS), "--split", "calibration", "--known-data", str(known_valid),
@@ -166,7 +184,7 @@ def main(argv=None) -> int:
     test = evaluate(calibrated, data=data, progress=False)
     new = new_speakers(calibrated, args.corpus, args.work / "new_speakers.json")
     checkpoint = load_checkpoint(calibrated)
-    counts = {"speakers": len(trained_model.speakers), "clips": trained_model.info.get("n_train")}
+    counts = {"speakers": len(trained_model.speakers), "clips": trained_model.info.get("n_train")}  # of step 2
     checkpoint.info.update({
         "training_data": {
             "sources": {name: about for name, about in SOURCES.items()},
@@ -183,7 +201,8 @@ def main(argv=None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(checkpoint, args.out)
     report = {k: checkpoint.info[k] for k in ("evaluation", "new_speakers", "calibration")}
-    report["training_time_s"] = load_checkpoint(args.work / "run" / "last.pt").metrics.get("elapsed_s")
+    report["training_time_s"] = sum(load_checkpoint(args.work / run / "last.pt").metrics.get("elapsed_s", 0)
+                                    for run in ("run", "run-known"))
     report["total_time_s"] = time.time() - started
     (args.work / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
