@@ -217,19 +217,25 @@ def test_4_an_enrolled_name_is_replaced_only_when_asked(recognizer, tmp_path):
 
 def test_4_two_enrollments_of_one_name_at_once_cannot_both_win(recognizer, monkeypatch):
     both_checked = threading.Barrier(2)
-    embed = recognizer.embed
+    speech_embedding, write = recognizer.speech_embedding, recognizer.gallery._write
 
-    def embed_together(source):  # both requests have passed the name check before either stores
+    def embed_together(source, what):  # both requests have passed the early name check before either stores
+        embedding = speech_embedding(source, what)
         both_checked.wait(timeout=30)
-        return embed(source)
+        return embedding
 
-    monkeypatch.setattr(recognizer, "embed", embed_together)
+    def slow_write(*args, **kwargs):  # a slow disk: without the gallery's lock the other request checks meanwhile
+        time.sleep(0.5)
+        return write(*args, **kwargs)
+
+    monkeypatch.setattr(recognizer, "speech_embedding", embed_together)
+    monkeypatch.setattr(recognizer.gallery, "_write", slow_write)
     results = run_together([lambda: recognizer.enroll("Twin", [clip(1)]), lambda: recognizer.enroll("Twin", [clip(2)])])
     assert sorted(type(r).__name__ for r in results) == ["InputError", "str"], results
     winner = results.index("Twin") + 1
     assert "already enrolled" in str(results[2 - winner])
     stored = torch.tensor(stored_speakers(recognizer)["Twin"]["embedding"])
-    assert torch.allclose(stored, embed(clip(winner)), atol=1e-5)  # the winner's voiceprint, intact
+    assert torch.allclose(stored, recognizer.embed(clip(winner)), atol=1e-5)  # the winner's voiceprint, intact
 
 
 # -- 5. Look-alike names were separate entries; `$$x^2$$` was rendered --------------------------------
