@@ -3,7 +3,8 @@
 The gallery belongs to one model (embeddings of another model mean nothing),
 so it records the checkpoint's fingerprint and refuses to mix. On disk it is
 written atomically, readable by its owner only (0600), with the previous
-version kept as `<file>.prev`: a damaged file gives way to that copy, and
+version kept as `<file>.prev` (after a deletion, the same as the file: a deleted
+speaker leaves no copy): a damaged file gives way to that copy, and
 entries that cannot be scored (a wrong size, a non-finite value, a name that
 is no longer valid) are set aside in `<file>.quarantine.json`, each named.
 Without a path the gallery lives in memory only: one visitor's, gone with the session.
@@ -202,7 +203,9 @@ class Gallery:
         with self._lock:
             stored = next((n for n in self._speakers if name_key(n) == key), None)
             if stored is not None:
-                self._write({n: s for n, s in self._speakers.items() if n != stored})
+                remaining = {n: s for n, s in self._speakers.items() if n != stored}
+                self._write(remaining)
+                self._write(remaining)  # again, so the previous copy holds no trace of them either
             return stored
 
     def names(self) -> list[str]:

@@ -185,9 +185,20 @@ def test_3_a_deleted_speaker_leaves_no_audio_on_the_server(tiny_server):
     message, *_ = user.predict("Actor One", api_name="/forget")
     assert message == "Deleted **Actor One**."
     gallery = next((folder / "gallery").glob("*.json"))
-    assert "Actor One" not in gallery.read_text()
-    for path in (gallery, gallery.with_name(gallery.name + ".prev")):
+    for path in (gallery, gallery.with_name(gallery.name + ".prev")):  # the previous copy forgets them too
+        assert "Actor One" not in path.read_text(), path.name
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path.name  # readable by the app's user only
+
+
+def test_3_a_deletion_leaves_no_previous_copy_of_the_voiceprint(recognizer):
+    recognizer.enroll("ann", [clip(1)])
+    recognizer.enroll("bob", [clip(2)])
+    assert recognizer.forget("bob") == "bob"
+    path = recognizer.gallery.path
+    previous = path.with_name("gallery.json.prev")
+    assert json.loads(previous.read_text())["speakers"].keys() == {"ann"}
+    path.write_text("garbage")  # and a damaged gallery still gives way to its previous copy
+    assert Recognizer(recognizer.checkpoint, path).gallery.names() == ["ann"]
 
 
 def test_3_the_upload_cache_is_cleaned_and_the_examples_survive_it(recognizer):
