@@ -201,6 +201,17 @@ def test_3_a_deletion_leaves_no_previous_copy_of_the_voiceprint(recognizer):
     assert Recognizer(recognizer.checkpoint, path).gallery.names() == ["ann"]
 
 
+def test_3_enrollment_uploads_go_once_embedded_and_identify_uploads_stay_for_another_run(recognizer, tmp_path):
+    handlers = app.Handlers(recognizer)
+    enrolled, identified, example = (clip_file(tmp_path, seed) for seed in (1, 2, 3))
+    handlers.uploads = {enrolled, identified}  # what Gradio records as visitors' uploads
+    handlers.enroll("ann", [enrolled, example])
+    assert not os.path.exists(enrolled) and os.path.exists(example)  # a file nobody uploaded is never touched
+    for _ in range(2):  # pressing Identify again sends the same server file
+        handlers.answer(None, identified, 3)
+    assert os.path.exists(identified)
+
+
 def test_3_the_upload_cache_is_cleaned_and_the_examples_survive_it(recognizer):
     demo = app.build_demo(recognizer, "tiny.pt")
     assert demo.delete_cache == app.DELETE_CACHE and app.DELETE_CACHE[1] <= 3600
