@@ -116,6 +116,22 @@ def test_save_load_gives_identical_outputs(model, tmp_path):
     assert torch.equal(loaded.build_model()(features, lengths), model(features, lengths))
 
 
+def test_ecapa_kind_comes_from_the_registry_and_its_checkpoint_loads(tmp_path):
+    pytest.importorskip("speechbrain", reason="the ecapa kind needs speechbrain, a bench-only dependency")
+    from speaker_app.ecapa import EcapaSpeaker, ecapa_config
+
+    config = ecapa_config(channels=16)
+    torch.manual_seed(0)
+    model = build_model(config, N_SPEAKERS).eval()
+    assert isinstance(model, EcapaSpeaker)
+    features, lengths = batch()
+    speakers = [f"spk{i}" for i in range(N_SPEAKERS)]
+    save_checkpoint(Checkpoint(config, FeatureConfig(), speakers, model.state_dict()), tmp_path / "ecapa.pt")
+    loaded = load_checkpoint(tmp_path / "ecapa.pt").build_model()
+    assert isinstance(loaded, EcapaSpeaker) and loaded.config.kind == "ecapa"
+    assert torch.equal(loaded(features, lengths), model(features, lengths))
+
+
 @pytest.mark.parametrize("bad", [dict(d_model=30, n_heads=4), dict(conv_kernel=4), dict(kind="lstm"),
                                  dict(dropout=1.0), dict(subsample=3), dict(margin=1.5), dict(n_layers=0)])
 def test_bad_configs_are_rejected(bad):
