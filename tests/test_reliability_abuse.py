@@ -81,6 +81,37 @@ def test_1_a_poisoned_voiceprint_already_in_the_gallery_is_set_aside(recognizer)
     assert result.best.name == "ann" and all(math.isfinite(m.probability) for m in result.matches)
 
 
+UNIT = torch.nn.functional.normalize(torch.ones(16), dim=0)  # a voiceprint the tiny model could give
+
+
+@pytest.mark.parametrize("embedding, problem", [
+    (torch.full((16,), float("nan")), "holds NaN or infinite values"),
+    (torch.cat([torch.tensor([float("inf")]), UNIT[1:]]), "holds NaN or infinite values"),
+    (UNIT[:10] / UNIT[:10].norm(), r"shape \(10,\); this model's have \(16,\)"),
+    (UNIT[None], r"shape \(1, 16\)"),
+    (2 * UNIT, "norm 2, not 1"),
+])
+def test_1_the_gallery_refuses_to_write_a_voiceprint_it_could_not_score(recognizer, embedding, problem):
+    recognizer.enroll("ann", [clip(1)])
+    before = recognizer.gallery.path.read_text()
+    with pytest.raises(ValueError, match=problem):
+        recognizer.gallery.add("poison", embedding, 1)
+    assert recognizer.gallery.names() == ["ann"] and recognizer.gallery.path.read_text() == before
+
+
+@pytest.mark.parametrize("broken", ["every weight", "the margin head"])  # NaN embeddings and logits, or logits only
+def test_1_a_model_that_outputs_non_finite_numbers_gets_a_message_not_an_answer(recognizer, broken):
+    recognizer.enroll("ann", [clip(1)])
+    with torch.no_grad():
+        for parameter in recognizer.model.parameters() if broken == "every weight" else [recognizer.model.head.weight]:
+            parameter.fill_(float("nan"))
+    for request in (lambda: recognizer.identify(clip(1)), lambda: recognizer.verify(clip(1), clip(2)),
+                    lambda: recognizer.enroll("bob", [clip(2)])):
+        with pytest.raises(InputError, match="the model cannot score this input: its output is not finite"):
+            request()
+    assert recognizer.gallery.names() == ["ann"]
+
+
 # -- 2. A 973 KB upload held the model for 259 s ------------------------------------------------------
 STORAGE = object()
 
