@@ -1,7 +1,7 @@
 """What helps new voices: training recipes on the many-speaker corpus, measured on unseen speakers.
 
     python -m bench.many_speakers --data PREPARED --dev PREPARED_DEV [--rows NAME ...] [--seeds 0 1]
-                                  [--steps 1000] [--jobs 2] [--work DIR]
+                                  [--steps 1000] [--jobs 2 | --processes 2] [--work DIR]
 
 PREPARED is ../shared/speech and the corpus (../shared/corpora, built with its
 build.sh) prepared together with speed copies, without the development speakers,
@@ -90,7 +90,9 @@ def train_and_score(name: str, seed: int, args) -> dict:
         return done
     idea, view, flags = ROWS[name]
     data = make_view(args.data, args.work / f"view-{view}", view)
-    command = ["-m", "training.train", "--data", str(data), "--out", str(out), "--steps", str(args.steps),
+    launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.processes}"] \
+        if args.processes > 1 else []
+    command = [*launcher, "-m", "training.train", "--data", str(data), "--out", str(out), "--steps", str(args.steps),
                "--seed", str(seed), "--set", f"warmup_steps={max(1, args.steps // 10)}",
                "--set", f"valid_every={args.steps // 2}", "--no-progress",
                *[a for flag in flags for a in ("--set", flag)]]
@@ -123,7 +125,8 @@ def report(results: dict, args, wall_s: float) -> str:
         "without the development speakers (see the module's docstring). Enroll-5 top-1, EER and minDCF: "
         f"clip-vs-speaker trials on the calibration half of the unseen development speakers ({args.dev_summary}); "
         "31-speaker top-1: the 612 held-out clips of ../shared/speech among all the model's classes. Mean ± standard "
-        f"deviation over seeds {', '.join(map(str, args.seeds))}; {args.jobs} runs at a time on the 2-core CPU.\n",
+        f"deviation over seeds {', '.join(map(str, args.seeds))}; {args.jobs} run(s) at a time, each in "
+        f"{args.processes} process(es) (torchrun, one thread each: the same global batch), on the 2-core CPU.\n",
         common.table(["row", "what changes", "classes", "seeds", "enroll-5 top-1 %", "EER %", "minDCF", "31-speaker top-1 %",
                       "wall (s)", "data and flags"], rows),
     ]) + "\n"
@@ -137,10 +140,12 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--steps", type=int, default=STEPS)
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time (each with one thread when above 1)")
+    parser.add_argument("--processes", type=int, default=1,
+                        help="data-parallel processes per run (torchrun, one thread each; 2 trains twice as fast on 2 cores)")
     parser.add_argument("--work", type=Path, default=Path("runs/many-speakers"))
     parser.add_argument("--results", type=Path, default=common.RESULTS)
     args = parser.parse_args(argv)
-    if args.jobs > 1:
+    if args.jobs > 1 or args.processes > 1:
         os.environ["OMP_NUM_THREADS"] = "1"  # inherited by the training processes
     dev_items = read_labelled(args.dev, read_speakers(args.dev))
     args.dev_summary = f"{len(read_speakers(args.dev))} speakers, {len(dev_items)} clips"

@@ -210,3 +210,15 @@ def test_init_copies_weights_and_the_classifier_rows_of_known_speakers_by_name()
     for name, value in source.state_dict().items():
         if name != "head.weight":
             assert torch.equal(model.state_dict()[name], value), name
+
+
+def test_known_only_keeps_the_known_speakers_head_rows_by_name():
+    from training.default_model import known_only
+    from tests.helpers import tiny
+
+    many = tiny(speakers=("x/1", "a", "y/2", "b"))
+    model = known_only(many, ["b", "a"]).build_model()
+    features = torch.randn(2, 120, 40)
+    lengths = torch.tensor([120, 80])
+    expected = many.build_model()(features, lengths)[:, [3, 1]]
+    assert torch.allclose(model(features, lengths), expected, atol=1e-6)

@@ -1,7 +1,7 @@
 """Reproduce the default model in checkpoints/, in one command.
 
     python -m training.default_model --speech ../shared/speech --corpus CORPUS [--work runs/default]
-                                     [--out checkpoints/default.pt]
+                                     [--out checkpoints/default.pt] [--no-fine-tune]
 
 CORPUS is the many-speaker corpus that ../shared/corpora/build.sh makes.
 1. prepare the 31 speakers of --speech (20 % of each speaker's clips held out,
@@ -19,7 +19,12 @@ CORPUS is the many-speaker corpus that ../shared/corpora/build.sh makes.
    the development speakers (5 clips each); write the checkpoint with its
    evaluation, calibration and data provenance inside.
 
-Every step resumes or reuses what an earlier run of this command left in --work.
+Every step resumes or reuses what an earlier run of this command left in --work, so
+step 2 may be run first on its own, for example in two processes, which trains twice as fast on a
+2-core CPU: `torchrun --standalone --nproc_per_node=2 -m training.train --data WORK/data --out WORK/run
+--config training/configs/default.json` (WORK/data is what step 1 prepares). `--no-fine-tune` skips
+step 3 (the 31 speakers' rows of the many-speaker head become the classes) and writes its own
+calibrated-no-fine-tune.pt and report-no-fine-tune.json beside the others, for comparing the two.
 """
 
 from __future__ import annotations
@@ -97,6 +102,13 @@ def trained(data: Path, run: Path, recipe: Path, extra: list[str]) -> Path:
     return run / "best.pt"
 
 
+def known_only(checkpoint: Checkpoint, known: list[str]) -> Checkpoint:
+    """The many-speaker model with `known` as its only classes (their rows of the margin head), not fine-tuned."""
+    index = {name: i for i, name in enumerate(checkpoint.speakers)}
+    state = {**checkpoint.state_dict, "head.weight": checkpoint.state_dict["head.weight"][[index[n] for n in known]].clone()}
+    return replace(checkpoint, speakers=list(known), state_dict=state, info=dict(checkpoint.info))
+
+
 def with_cohort(checkpoint: Checkpoint, data: Path, train: list[Utterance], speakers: list[str],
                 known: list[str]) -> Checkpoint:
     """The checkpoint with a cohort: the unit mean embedding of each other training speaker (its first
@@ -160,6 +172,8 @@ def main(argv=None) -> int:
     parser.add_argument("--work", type=Path, default=Path("runs/default"))
     parser.add_argument("--out", type=Path, default=Path("checkpoints/default.pt"))
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="passed to training.train")
+    parser.add_argument("--no-fine-tune", dest="fine_tune", action="store_false",
+                        help="skip step 3: keep the many-speaker model, its 31 speakers' head rows as their classes")
     args = parser.parse_args(argv)
     started = time.time()
     known = sorted(find_clips(args.speech))
@@ -171,18 +185,23 @@ def main(argv=None) -> int:
     config = from_dict(TrainConfig, trained_model.info["train_config"])
     speakers = read_speakers(data)
     train_clips, _ = split_utterances(read_labelled(data, speakers), config.valid_fraction, config.seed)
-    known_train = link_view(data, args.work / "known", lambda speaker, _: speaker in set(known),
-                            {u.path for u in train_clips if speakers[u.speaker] in set(known)})
-    tuned = trained(known_train, args.work / "run-known", FINE_TUNE, ["--no-progress", "--init", str(best)])
-    calibrated = args.work / "calibrated.pt"
+    if args.fine_tune:
+        known_train = link_view(data, args.work / "known", lambda speaker, _: speaker in set(known),
+                                {u.path for u in train_clips if speakers[u.speaker] in set(known)})
+        final = load_checkpoint(trained(known_train, args.work / "run-known", FINE_TUNE,
+                                        ["--no-progress", "--init", str(best)]))
+    else:
+        final = known_only(trained_model, known)
+    suffix = "" if args.fine_tune else "-no-fine-tune"
+    calibrated, exported = args.work / f"calibrated{suffix}.pt", args.work / f"exported{suffix}.pt"
     if not calibrated.exists():
-        save_checkpoint(with_cohort(load_checkpoint(tuned), data, train_clips, speakers, known), args.work / "exported.pt")
+        save_checkpoint(with_cohort(final, data, train_clips, speakers, known), exported)
         known_valid = validation_view(data, config, known, args.work / "known-valid")
-        calibrate.main(["--checkpoint", str(args.work / "exported.pt"), "--audio-dir", str(args.corpus),
+        calibrate.main(["--checkpoint", str(exported), "--audio-dir", str(args.corpus),
                         "--speakers", str(DEV_SPEAKERS), "--split", "calibration", "--known-data", str(known_valid),
                         "--out", str(calibrated), "--no-progress"])
     test = evaluate(calibrated, data=data, progress=False)
-    new = new_speakers(calibrated, args.corpus, args.work / "new_speakers.json")
+    new = new_speakers(calibrated, args.corpus, args.work / f"new_speakers{suffix}.json")
     checkpoint = load_checkpoint(calibrated)
     counts = {"speakers": len(trained_model.speakers), "clips": trained_model.info.get("n_train")}  # of step 2
     checkpoint.info.update({
@@ -202,9 +221,9 @@ def main(argv=None) -> int:
     save_checkpoint(checkpoint, args.out)
     report = {k: checkpoint.info[k] for k in ("evaluation", "new_speakers", "calibration")}
     report["training_time_s"] = sum(load_checkpoint(args.work / run / "last.pt").metrics.get("elapsed_s", 0)
-                                    for run in ("run", "run-known"))
+                                    for run in ("run", "run-known")[:2 if args.fine_tune else 1])
     report["total_time_s"] = time.time() - started
-    (args.work / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (args.work / f"report{suffix}.json").write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
     return 0
 
