@@ -175,6 +175,23 @@ def test_sampling_balances_speakers_by_a_power_of_their_clips():
         TrainConfig(balance_speakers=2)
 
 
+def test_source_shares_set_each_named_sources_part_of_the_batch():
+    speakers = ["big/a", "big/b", "small/c", "other/d"]
+    utterances = [Utterance(f"{i}", speaker, 10) for i, speaker in enumerate([0] * 8 + [1] * 8 + [2] + [3] * 3)]
+    weights = sampling_weights(utterances, 0.5, {"small": 0.5}, speakers)
+    assert torch.isclose(weights[16] / weights.sum(), torch.tensor(0.5))
+    # the rest keeps balance_speakers' proportions: big/a : big/b : other/d = 1 : 1 : sqrt(3)/sqrt(8)
+    rest = torch.stack([weights[:8].sum(), weights[8:16].sum(), weights[17:].sum()])
+    assert torch.allclose(rest / rest.sum(), torch.tensor([1, 1, (3 / 8) ** 0.5]) / (2 + (3 / 8) ** 0.5))
+    assert torch.equal(sampling_weights(utterances, 0.5), sampling_weights(utterances, 0.5, {}, speakers))
+    with pytest.raises(ValueError, match="no training speaker"):
+        sampling_weights(utterances, 0.5, {"missing": 0.1}, speakers)
+    for shares in ({"big": 0.8, "small": 0.3}, {"big": 0}, {"big": "half"}):
+        with pytest.raises(ValueError, match="source_shares"):
+            TrainConfig(source_shares=shares)
+    assert override(TrainConfig(), ['source_shares={"small": 0.25}']).source_shares == {"small": 0.25}
+
+
 def test_equal_error_rate():
     scores = torch.tensor([0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2])
     same = torch.tensor([1, 1, 1, 0, 1, 0, 0, 0])

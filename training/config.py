@@ -26,6 +26,9 @@ class TrainConfig:
     # how to draw clips: a speaker is drawn in proportion to (its clips)^(1 - balance_speakers), so
     # 1 (or true) draws every speaker equally often, 0 (or false) every clip, 0.5 a speaker by the root of its clips
     balance_speakers: float = 1.0
+    # the share of every batch drawn from each named source (a speaker's source is its name up to the first
+    # "/"); the sources not named share the rest as balance_speakers draws them. {} draws by balance_speakers alone
+    source_shares: dict[str, float] = field(default_factory=dict)
     lr: float = 2e-3
     weight_decay: float = 0.05
     warmup_steps: int = 300
@@ -49,6 +52,10 @@ class TrainConfig:
             raise ValueError(f"valid_fraction must be in [0, 1), got {self.valid_fraction}")
         if not 0 <= self.balance_speakers <= 1:
             raise ValueError(f"balance_speakers must be in [0, 1] (or true/false), got {self.balance_speakers}")
+        shares = self.source_shares
+        if not isinstance(shares, dict) or not all(isinstance(v, (int, float)) and 0 < v <= 1 for v in shares.values()) \
+                or sum(shares.values()) > 1 + 1e-9:
+            raise ValueError(f"source_shares must map sources to shares in (0, 1] that add up to at most 1, got {shares!r}")
         if self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
         if self.precision not in ("bf16", "fp32"):

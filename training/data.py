@@ -275,22 +275,41 @@ class GlobalBatchSampler:
             yield list(zip(index.tolist(), position.tolist()))
 
 
-def sampling_weights(utterances: list[Utterance], balance_speakers: float) -> torch.Tensor:
+def sampling_weights(utterances: list[Utterance], balance_speakers: float, source_shares: dict | None = None,
+                     speakers: list[str] | None = None) -> torch.Tensor:
     """Per-utterance sampling weights, (speaker's clips)^-balance_speakers: 0 draws every clip equally
-    often, 1 every speaker, 0.5 a speaker in proportion to the square root of its clips."""
-    counts = torch.bincount(torch.tensor([u.speaker for u in utterances])).float()
-    return counts[[u.speaker for u in utterances]] ** -float(balance_speakers)
+    often, 1 every speaker, 0.5 a speaker in proportion to the square root of its clips. With
+    `source_shares` ({source: share}, a speaker's source being `speakers[i]` up to its first "/"), each
+    named source's clips get that share of the weight in all, and the other sources the rest."""
+    labels = torch.tensor([u.speaker for u in utterances])
+    weights = torch.bincount(labels).float()[labels] ** -float(balance_speakers)
+    if not source_shares:
+        return weights
+    weights = weights.double()
+    sources = [name.split("/")[0] if "/" in name else "" for name in speakers]
+    source = [sources[i] for i in labels.tolist()]
+    named = torch.zeros(len(utterances), dtype=torch.bool)
+    for name, share in source_shares.items():
+        mask = torch.tensor([s == name for s in source])
+        if not mask.any():
+            raise ValueError(f"source_shares names {name!r}, but no training speaker's name starts with '{name}/'")
+        weights[mask] *= share / weights[mask].sum()
+        named |= mask
+    rest = 1 - sum(source_shares.values())
+    weights[~named] *= (rest / weights[~named].sum()) if rest > 0 and (~named).any() else 0.0
+    return weights.float()
 
 
 def crop_batches(train: list[Utterance], root: Path, n_mels: int, batch_size: int, segment: int,
                  seed: int, bank: FeatureBank | None, workers: int = 2, balance_speakers: float = 1.0,
-                 step: int = 0, rank: int = 0, world: int = 1):
+                 step: int = 0, rank: int = 0, world: int = 1, source_shares: dict | None = None,
+                 speakers: list[str] | None = None):
     """An endless stream of (features, lengths, labels) batches of random crops, drawn with
-    `sampling_weights(train, balance_speakers)`, from training step `step` on. `batch_size` is the global batch; rank
+    `sampling_weights(train, balance_speakers, source_shares, speakers)`, from training step `step` on. `batch_size` is the global batch; rank
     `rank` of `world` processes gets its equal slice, so any number of processes trains on the same
     global batches. From memory when a bank is given, else read from disk by `workers` processes;
     both give the same crops (from disk, padded only to the longest crop of the batch)."""
-    weights = sampling_weights(train, balance_speakers)
+    weights = sampling_weights(train, balance_speakers, source_shares, speakers)
     if bank is not None:
         for index, position in global_batches(weights, batch_size, seed, step, rank, world):
             yield bank.crops_at(index, segment, position)

@@ -8,8 +8,9 @@ CORPUS is the many-speaker corpus that ../shared/corpora/build.sh makes.
    seed 0, as always) together with CORPUS, leaving out the unseen development
    speakers of bench/dev_speakers.txt (one whole source, LibriSpeech, among them);
 2. train the recipe of training/configs/default.json on it (every speaker a class);
-3. fine-tune on the 31 speakers' training clips (training/configs/default-finetune.json,
-   `training.train --init`): they become the model's only classes; the mean
+3. fine-tune on the same data with half of every batch from the 31 speakers' sources
+   (training/configs/default-finetune.json, `training.train --init`; the other half keeps
+   the embedding general), then keep the 31 speakers as the model's only classes; the mean
    embeddings of the other training speakers (3 clips each) become the cohort for
    score normalisation;
 4. calibrate the decisions (`training.calibrate`) on the calibration half of the
@@ -23,7 +24,7 @@ Every step resumes or reuses what an earlier run of this command left in --work,
 step 2 may be run first on its own, for example in two processes, which trains twice as fast on a
 2-core CPU: `torchrun --standalone --nproc_per_node=2 -m training.train --data WORK/data --out WORK/run
 --config training/configs/default.json` (WORK/data is what step 1 prepares). `--no-fine-tune` skips
-step 3 (the 31 speakers' rows of the many-speaker head become the classes) and writes its own
+the fine-tuning of step 3 and writes its own
 calibrated-no-fine-tune.pt and report-no-fine-tune.json beside the others, for comparing the two.
 """
 
@@ -45,10 +46,10 @@ from speaker_app.configs import from_dict
 from speaker_app.inference import infer
 
 from . import calibrate, prepare, train
-from .config import TrainConfig
+from .config import TrainConfig, read_config_file
 from .data import Utterance, load_features, read_labelled, read_speakers, split_utterances
 from .evaluate import evaluate
-from .prepare import find_clips, link_view, split_test
+from .prepare import find_clips, split_test
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "training" / "configs" / "default.json"
@@ -185,13 +186,14 @@ def main(argv=None) -> int:
     config = from_dict(TrainConfig, trained_model.info["train_config"])
     speakers = read_speakers(data)
     train_clips, _ = split_utterances(read_labelled(data, speakers), config.valid_fraction, config.seed)
+    final = trained_model
     if args.fine_tune:
-        known_train = link_view(data, args.work / "known", lambda speaker, _: speaker in set(known),
-                                {u.path for u in train_clips if speakers[u.speaker] in set(known)})
-        final = load_checkpoint(trained(known_train, args.work / "run-known", FINE_TUNE,
-                                        ["--no-progress", "--init", str(best)]))
-    else:
-        final = known_only(trained_model, known)
+        tuning = from_dict(TrainConfig, read_config_file(FINE_TUNE))
+        if (tuning.valid_fraction, tuning.seed) != (config.valid_fraction, config.seed):
+            raise SystemExit(f"error: {FINE_TUNE} must keep step 2's validation split (valid_fraction, seed): "
+                             "the known speakers' validation clips calibrate the decisions and must stay unseen")
+        final = load_checkpoint(trained(data, args.work / "run-tuned", FINE_TUNE, ["--no-progress", "--init", str(best)]))
+    final = known_only(final, known)
     suffix = "" if args.fine_tune else "-no-fine-tune"
     calibrated, exported = args.work / f"calibrated{suffix}.pt", args.work / f"exported{suffix}.pt"
     if not calibrated.exists():
@@ -221,7 +223,7 @@ def main(argv=None) -> int:
     save_checkpoint(checkpoint, args.out)
     report = {k: checkpoint.info[k] for k in ("evaluation", "new_speakers", "calibration")}
     report["training_time_s"] = sum(load_checkpoint(args.work / run / "last.pt").metrics.get("elapsed_s", 0)
-                                    for run in ("run", "run-known")[:2 if args.fine_tune else 1])
+                                    for run in ("run", "run-tuned")[:2 if args.fine_tune else 1])
     report["total_time_s"] = time.time() - started
     (args.work / f"report{suffix}.json").write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
