@@ -21,11 +21,16 @@ CORPUS is the many-speaker corpus that ../shared/corpora/build.sh makes.
    evaluation, calibration and data provenance inside.
 
 Every step resumes or reuses what an earlier run of this command left in --work, so
-step 2 may be run first on its own, for example in two processes, which trains twice as fast on a
-2-core CPU: `torchrun --standalone --nproc_per_node=2 -m training.train --data WORK/data --out WORK/run
---config training/configs/default.json` (WORK/data is what step 1 prepares). `--no-fine-tune` skips
-the fine-tuning of step 3 and writes its own
-calibrated-no-fine-tune.pt and report-no-fine-tune.json beside the others, for comparing the two.
+the trainings of steps 2 and 3 may be run first on their own, for example in two processes, which
+trains twice as fast on a 2-core CPU (WORK/data is what step 1 prepares):
+
+    torchrun --standalone --nproc_per_node=2 -m training.train --data WORK/data --out WORK/run \
+        --config training/configs/default.json
+    torchrun --standalone --nproc_per_node=2 -m training.train --data WORK/data --out WORK/run-tuned \
+        --config training/configs/default-finetune.json --init WORK/run/best.pt
+
+`--no-fine-tune` skips the fine-tuning of step 3 and writes its own calibrated-no-fine-tune.pt
+and report-no-fine-tune.json beside the others, for comparing the two.
 """
 
 from __future__ import annotations
