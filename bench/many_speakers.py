@@ -12,7 +12,7 @@ holding out the 31 speakers' test clips of the default model:
 
 and PREPARED_DEV the calibration half of bench/dev_speakers.txt prepared with
 `--test-fraction 0 --include-from`. Each row trains `python -m training.train`
-on a view of PREPARED (a folder of links that keeps some speakers: without the
+with the default model's recipe (training/configs/default.json) for --steps on a view of PREPARED (a folder of links that keeps some speakers: without the
 speed copies unless the row asks for them) with the row's flags, then scores its
 best.pt: enroll-5 top-1, EER and minDCF (p_target 0.01) of clip-vs-speaker trials
 on the unseen development speakers (`training.evaluate.enrollment`), and top-1
@@ -43,11 +43,13 @@ from .accuracy import run, score
 WORDS = ("speechcommands", "arabic_speechcommands")  # sources of 1-second single words
 # name -> (what the row changes, which speakers it keeps, its --set flags)
 ROWS = {
-    "base": ("every speaker (1 clip or more), speaker-balanced, no speed copies", "all", []),
+    "base": ("the recipe: every speaker (1 clip or more), a speaker drawn by the root of its clips, no speed copies",
+             "all", []),
+    "per-speaker": ("every speaker drawn equally often", "all", ["balance_speakers=1"]),
     "min3": ("only speakers with 3 clips or more", "min3", []),
     "speed": ("speed copies (0.9, 1.1) as new speakers", "speed", []),
     "no-words": ("without the 1-s word sources (Speech Commands, Arabic Speech Commands)", "no-words", []),
-    "per-clip": ("clips drawn uniformly instead of speaker-balanced", "all", ["balance_speakers=false"]),
+    "per-clip": ("every clip drawn equally often", "all", ["balance_speakers=0"]),
     "aam": ("additive angular margin (AAM) instead of AM", "all", ["model.head=aam"]),
     "ramp": ("margin ramped in (none until 20 % of the steps, full from 60 %)", "all", ["margin_ramp=[0.2,0.6]"]),
     "crop300": ("3-s crops instead of 2-s", "all", ["segment_frames=300"]),
@@ -56,6 +58,7 @@ ROWS = {
     "emb256": ("256-dim embedding instead of 192", "all", ["model.emb_dim=256"]),
 }
 STEPS = 1000
+RECIPE = common.REPO / "training" / "configs" / "default.json"  # the default model's recipe, shortened to --steps
 
 
 def keeps(view: str, speaker: str, n_clips: int) -> bool:
@@ -92,7 +95,8 @@ def train_and_score(name: str, seed: int, args) -> dict:
     data = make_view(args.data, args.work / f"view-{view}", view)
     launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.processes}"] \
         if args.processes > 1 else []
-    command = [*launcher, "-m", "training.train", "--data", str(data), "--out", str(out), "--steps", str(args.steps),
+    command = [*launcher, "-m", "training.train", "--data", str(data), "--out", str(out), "--config", str(RECIPE),
+               "--steps", str(args.steps),
                "--seed", str(seed), "--set", f"warmup_steps={max(1, args.steps // 10)}",
                "--set", f"valid_every={args.steps // 2}", "--no-progress",
                *[a for flag in flags for a in ("--set", flag)]]
@@ -119,9 +123,9 @@ def report(results: dict, args, wall_s: float) -> str:
                      f"view `{view}`" + (" " + " ".join(f"`--set {f}`" for f in flags) if flags else "")])
     return "\n".join([
         common.header("New voices: what helps on unseen speakers (CPU)", wall_s),
-        f"Each row: `python -m training.train --data VIEW --out RUN --steps {args.steps} --seed SEED --set "
-        f"warmup_steps={max(1, args.steps // 10)} --set valid_every={args.steps // 2}` plus the row's flags, with the "
-        "default model; VIEW keeps the row's speakers of ../shared/speech and the corpus (../shared/corpora) prepared "
+        f"Each row: `python -m training.train --data VIEW --out RUN --config training/configs/default.json --steps "
+        f"{args.steps} --seed SEED --set warmup_steps={max(1, args.steps // 10)} --set valid_every={args.steps // 2}` "
+        "plus the row's flags: the default model's recipe at a shorter budget; VIEW keeps the row's speakers of ../shared/speech and the corpus (../shared/corpora) prepared "
         "without the development speakers (see the module's docstring). Enroll-5 top-1, EER and minDCF: "
         f"clip-vs-speaker trials on the calibration half of the unseen development speakers ({args.dev_summary}); "
         "31-speaker top-1: the 612 held-out clips of ../shared/speech among all the model's classes. Mean ± standard "
