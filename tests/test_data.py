@@ -239,3 +239,13 @@ def test_known_only_keeps_the_known_speakers_head_rows_by_name():
     lengths = torch.tensor([120, 80])
     expected = many.build_model()(features, lengths)[:, [3, 1]]
     assert torch.allclose(model(features, lengths), expected, atol=1e-6)
+
+
+def test_default_model_records_carry_no_absolute_path(tmp_path):
+    from training.default_model import ROOT, portable
+
+    corpus = tmp_path / "corpus"
+    record = {"dev": f"{ROOT}/bench/dev_speakers.txt split calibration",
+              "made": {"command": f"calibrate --audio-dir {corpus} --speakers {ROOT}/bench/dev_speakers.txt"}, "n": [3]}
+    assert portable(record, corpus) == {"dev": "bench/dev_speakers.txt split calibration", "n": [3],
+                                        "made": {"command": "calibrate --audio-dir CORPUS --speakers bench/dev_speakers.txt"}}

@@ -34,12 +34,19 @@ def test_model_card_figures_are_the_checkpoints(shipped):
     card = (ROOT / "checkpoints" / "README.md").read_text()
     evaluation, new = shipped.info["evaluation"], shipped.info["new_speakers"]
     assert evaluation["top1"] >= 0.97 and all(s["top1"] >= 0.9 for s in evaluation["per_source"].values())
-    assert new["enroll_top1"] >= 0.8 and new["eer"] <= 0.15
+    # 103 unseen speakers of four sources, one of them never trained on (the 31-speaker model: 53.3%, 13.9%)
+    assert new["enroll_top1"] >= 0.7 and new["eer"] <= 0.1
+    assert calibration_goals_met(shipped.info["calibration"]["identification"])
     assert f"{100 * evaluation['top1']:.2f}%" in card and f"{100 * new['enroll_top1']:.1f}%" in card
     calibration = shipped.info["calibration"]
     thresholds = ([calibration["identification"]["threshold"], calibration["verification"]["threshold"]]
                   if "identification" in calibration else [calibration["threshold"]])  # the older record: one
     assert all(f"{threshold:.3f}" in card for threshold in thresholds)
+
+
+def calibration_goals_met(identification: dict) -> bool:
+    measured, goals = identification["measured"], identification["goals"]
+    return measured["unseen_named"] <= goals["max_unseen_named"] and measured["known_correct"] >= goals["min_known_correct"]
 
 
 @pytest.mark.parametrize("row", example_rows(), ids=lambda row: row["file"])

@@ -171,6 +171,20 @@ def new_speakers(checkpoint: Path, corpus: Path, cache: Path) -> dict:
     return result
 
 
+def portable(record, corpus: Path):
+    """`record` with this machine's paths written as the commands give them: CORPUS for the corpus,
+    repository paths relative to the repository (the app shows the record; no absolute path)."""
+    if isinstance(record, dict):
+        return {key: portable(value, corpus) for key, value in record.items()}
+    if isinstance(record, list):
+        return [portable(value, corpus) for value in record]
+    if isinstance(record, str):
+        for path in {str(corpus), str(corpus.resolve())}:
+            record = record.replace(path, "CORPUS")
+        return record.replace(f"{ROOT}/", "")
+    return record
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.default_model", description=__doc__.split("\n\n")[0])
     parser.add_argument("--speech", type=Path, default=Path("../shared/speech"))
@@ -223,6 +237,7 @@ def main(argv=None) -> int:
         },
         "evaluation": test,
         "new_speakers": new,
+        "calibration": portable(checkpoint.info["calibration"], args.corpus),
     })
     args.out.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(checkpoint, args.out)
