@@ -20,7 +20,7 @@ from typing import Callable, NamedTuple
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_nn
+import torch.distributed._functional_collectives as collectives
 import torch.nn.functional as F
 from torch import nn
 
@@ -98,7 +98,7 @@ def all_processes(total: torch.Tensor) -> torch.Tensor:
     """Sum over the processes of a distributed run (differentiably), so that batch statistics are
     those of the global batch at any number of processes; the identity in a single process."""
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        return dist_nn.all_reduce(total)
+        return collectives.all_reduce(total, "sum", dist.group.WORLD)  # differentiable: its backward sums too
     return total
 
 
