@@ -1,6 +1,6 @@
 """Accuracy at equal budget: our Conformer, the course's sample transformer and ECAPA-TDNN.
 
-    python -m bench.accuracy [--steps N] [--seeds 0 1] [--quick] [--results PATH]
+    python -m bench.accuracy [--steps N] [--seeds 0 1] [--quick] [--results PATH] [--work DIR]
 
 Prepares ../shared/speech once (`training.prepare`, 20 % of each speaker's clips
 held out, split seed 0), then trains each model with each seed through the real
@@ -13,7 +13,8 @@ training time, which our Conformer fills with N x (ECAPA's time / ours at N
 steps) steps. Each run's best.pt is scored on the held-out clips with
 training.evaluate's functions: top-1/top-5 among all speakers, and the equal
 error rate of cosine scores over all clip-vs-clip pairs of held-out clips
-(`pair_verification`). Writes the `accuracy` section of bench/RESULTS.md (with
+(`pair_verification`). With --work, finished runs there are kept and not trained
+again (their wall time is in each run's bench.json). Writes the `accuracy` section of bench/RESULTS.md (with
 --quick: prints it only, unless --results is given).
 """
 
@@ -51,6 +52,19 @@ def train(out: Path, data: Path, steps: int, seed: int, flags: list[str]) -> flo
     """`python -m training.train` at the benchmark's settings; seconds it took."""
     return run(["-m", "training.train", "--data", str(data), "--out", str(out), "--steps", str(steps), "--seed", str(seed),
                 "--set", f"warmup_steps={max(1, steps // 10)}", "--no-progress", *flags], out.with_suffix(".log"))
+
+
+def trained(out: Path, data: Path, steps: int, seed: int, flags: list[str]) -> float:
+    """`train`, unless `out` holds a finished run of `steps` steps from an earlier call (its
+    wall time is kept in `out`/bench.json), so an interrupted benchmark resumes where it stopped."""
+    record = out / "bench.json"
+    if record.exists() and (out / "best.pt").exists():
+        kept = json.loads(record.read_text())
+        if kept["steps"] == steps and kept["seed"] == seed:
+            return kept["wall_s"]
+    wall = train(out, data, steps, seed, flags)
+    record.write_text(json.dumps({"steps": steps, "seed": seed, "wall_s": wall}) + "\n")
+    return wall
 
 
 def run(args: list[str], log: Path) -> float:
@@ -165,7 +179,7 @@ def main(argv=None) -> int:
                 steps = max(args.steps, round(args.steps * results[ECAPA, seed]["wall_s"] / results[OURS, seed]["wall_s"]))
             out = runs / f"{slug}-seed{seed}"
             print(f"training {name}, seed {seed}, {steps} steps -> {out}", flush=True)
-            wall = train(out, data, steps, seed, flags)
+            wall = trained(out, data, steps, seed, flags)
             results[name, seed] = r = {**score(out, data), "wall_s": wall, "steps": steps}
             print(f"  {wall:.0f} s, top-1 {r['top1']:.4f}, top-5 {r['top5']:.4f}, EER {r['eer']:.4f}", flush=True)
     config = json.loads((out / "config.json").read_text())
