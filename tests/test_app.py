@@ -322,6 +322,24 @@ def test_main_binds_loopback_unless_told_and_limits_uploads(untrained, tmp_path,
     assert "echoCancellation: false" in launched["head"]
 
 
+def test_model_threads_default_to_half_the_cores_and_can_be_set(untrained, tmp_path, monkeypatch):
+    save_checkpoint(untrained.recognizer.checkpoint, tmp_path / "tiny.pt")
+    monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kwargs: None)
+    monkeypatch.setattr(app.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5}, raising=False)
+    threads = torch.get_num_threads()
+    try:
+        assert app.default_threads() == 3
+        assert app.main(["--checkpoint", str(tmp_path / "tiny.pt"), "--gallery", str(tmp_path / "g")]) == 0
+        assert torch.get_num_threads() == 3
+        assert app.main(["--checkpoint", str(tmp_path / "tiny.pt"), "--gallery", str(tmp_path / "g"),
+                         "--threads", "1"]) == 0
+        assert torch.get_num_threads() == 1
+        with pytest.raises(SystemExit):
+            app.main(["--checkpoint", str(tmp_path / "tiny.pt"), "--threads", "0"])
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_missing_checkpoint_exits_with_a_message(tmp_path, capsys):
     assert app.main(["--checkpoint", str(tmp_path / "nothing.pt"), "--gallery", str(tmp_path)]) == 1
     assert "no checkpoint at" in capsys.readouterr().err
