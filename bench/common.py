@@ -109,7 +109,7 @@ def finished_score(run: Path) -> dict | None:
     return None
 
 
-def mean_std(values: list[float]) -> str:
-    """Percentages: the mean, and ± the standard deviation when there are several values."""
-    spread = f" ± {statistics.stdev(values) * 100:.1f}" if len(values) > 1 else ""
-    return f"{statistics.fmean(values) * 100:.1f}{spread}"
+def mean_std(values: list[float], scale: float = 100, digits: int = 1) -> str:
+    """The mean, and ± the standard deviation when there are several values; percentages by default."""
+    spread = f" ± {statistics.stdev(values) * scale:.{digits}f}" if len(values) > 1 else ""
+    return f"{statistics.fmean(values) * scale:.{digits}f}{spread}"

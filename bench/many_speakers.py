@@ -118,7 +118,7 @@ def report(results: dict, args, wall_s: float) -> str:
             continue
         rows.append([f"`{name}`", idea, runs[0]["speakers"], len(runs), common.mean_std([r["enroll_top1"] for r in runs]),
                      common.mean_std([r["eer"] for r in runs]),
-                     common.mean_std([r["min_dcf"] for r in runs]) if "min_dcf" in runs[0] else "",
+                     common.mean_std([r["min_dcf"] for r in runs], 1, 3) if "min_dcf" in runs[0] else "",
                      common.mean_std([r["top1"] for r in runs]), f"{statistics.fmean(r['wall_s'] for r in runs):.0f}",
                      f"view `{view}`" + (" " + " ".join(f"`--set {f}`" for f in flags) if flags else "")])
     return "\n".join([
@@ -148,6 +148,8 @@ def main(argv=None) -> int:
                         help="data-parallel processes per run (torchrun, one thread each; 2 trains twice as fast on 2 cores)")
     parser.add_argument("--work", type=Path, default=Path("runs/many-speakers"))
     parser.add_argument("--results", type=Path, default=common.RESULTS)
+    parser.add_argument("--scored-only", action="store_true",
+                        help="train nothing: write the table from the runs of --work already scored")
     args = parser.parse_args(argv)
     if args.jobs > 1 or args.processes > 1:
         os.environ["OMP_NUM_THREADS"] = "1"  # inherited by the training processes
@@ -155,8 +157,14 @@ def main(argv=None) -> int:
     args.dev_summary = f"{len(read_speakers(args.dev))} speakers, {len(dev_items)} clips"
     started = time.perf_counter()
     jobs = [(name, seed) for seed in args.seeds for name in args.rows]
-    with ThreadPoolExecutor(args.jobs) as pool:
-        results = dict(zip(jobs, pool.map(lambda job: train_and_score(*job, args), jobs)))
+    if args.scored_only:
+        scored = {job: args.work / "runs" / f"{job[0]}-seed{job[1]}" / "score.json" for job in jobs}
+        results = {job: json.loads(path.read_text()) for job, path in scored.items() if path.exists()}
+        if not results:
+            raise SystemExit(f"error: no scored run of these rows and seeds under {args.work / 'runs'}")
+    else:
+        with ThreadPoolExecutor(args.jobs) as pool:
+            results = dict(zip(jobs, pool.map(lambda job: train_and_score(*job, args), jobs)))
     common.write_section("many-speakers", report(results, args, time.perf_counter() - started), args.results)
     return 0
 
