@@ -161,9 +161,9 @@ class Handlers:
         if explanation is None:
             return None
         layer = min(max(1, int(layer)), len(explanation.attention))
-        maps = explanation.attention[layer - 1]  # (H, T', T')
+        maps = explanation.attention[layer - 1].float()  # (H, T', T'), kept in float16
         head = min(max(0, int(head)), len(maps))
-        weights = maps.float().mean(0) if head == 0 else maps[head - 1].float()
+        weights = maps.mean(0) if head == 0 else maps[head - 1]
         return plots.attention_figure(weights, explanation.frame_seconds, layer, head or None)
 
     def gallery(self, visitor: Gallery | None = None):

@@ -87,8 +87,12 @@ def new_voices(checkpoint_path: Path, dev: Path) -> dict:
     return enrollment([speakers[u.speaker] for u in items], [u.path for u in items], outputs.embeddings, 5)
 
 
+def run_folder(args, name: str, seed: int) -> Path:
+    return args.work / "runs" / f"{name}-seed{seed}"
+
+
 def train_and_score(name: str, seed: int, args) -> dict:
-    out = args.work / "runs" / f"{name}-seed{seed}"
+    out = run_folder(args, name, seed)
     if (done := common.finished_score(out)) is not None:
         return done
     idea, view, flags = ROWS[name]
@@ -158,7 +162,7 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     jobs = [(name, seed) for seed in args.seeds for name in args.rows]
     if args.scored_only:
-        scored = {job: args.work / "runs" / f"{job[0]}-seed{job[1]}" / "score.json" for job in jobs}
+        scored = {job: run_folder(args, *job) / "score.json" for job in jobs}  # unscored runs are left as they are
         results = {job: json.loads(path.read_text()) for job, path in scored.items() if path.exists()}
         if not results:
             raise SystemExit(f"error: no scored run of these rows and seeds under {args.work / 'runs'}")
