@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import ctypes
 import functools
 import os
 import sys
@@ -25,7 +24,7 @@ from pathlib import Path
 import gradio as gr
 import torch
 
-from speaker_app import describe, plots
+from speaker_app import describe, heap, plots
 from speaker_app.checkpoint import CheckpointError, load_checkpoint
 from speaker_app.gallery import Gallery
 from speaker_app.recognizer import MAX_BATCH, Explanation, InputError, Recognizer, fingerprint
@@ -42,6 +41,10 @@ IDENTIFY, MODEL, PLOTS = "identify", "model", "plots"
 # deleted once embedded (Handlers._delete_uploads); this removes the rest (clips to identify or verify,
 # uploads never submitted, refused enrollments).
 DELETE_CACHE = (300, 900)
+HEAP_TRIM_SECONDS = 1.0  # freed memory goes back to the system this often (speaker_app.heap)
+# Gradio keeps every session until this many newer ones exist (~0.1 MB of its own each, plus the visitor's
+# explanation for 15 minutes, at most 0.6 MB, and a per-visitor gallery): memory stays bounded for a Space.
+SESSIONS = 2000
 PLAIN = dict(latex_delimiters=[])  # Markdown that shows names: `$$x^2$$` is a name, not a formula
 # Gradio's upload cache for `python app.py`, unless $GRADIO_TEMP_DIR says otherwise: a folder relative
 # to the working folder, so that upload replies and the page's config name no absolute server path.
@@ -164,7 +167,7 @@ class Handlers:
         maps = explanation.attention[layer - 1].float()  # (H, T', T'), kept in float16
         head = min(max(0, int(head)), len(maps))
         weights = maps.mean(0) if head == 0 else maps[head - 1]
-        return plots.attention_figure(weights, explanation.frame_seconds, layer, head or None)
+        return plots.attention_figure(weights, explanation.seconds, layer, head or None)
 
     def gallery(self, visitor: Gallery | None = None):
         """-> the enrolled speakers' table and the choices of the delete menu (names typed in work too)."""
@@ -394,16 +397,6 @@ def default_galleries() -> str:
     return chosen
 
 
-def limit_heap_arenas(arenas: int = 2):
-    """glibc gives threads their own heaps ("arenas"); a server that answers from a pool of threads
-    then keeps growing. Two arenas keep its memory level: after 480 requests under load
-    (bench/load.py) the server held 1173 MB with the default and 922 MB with two."""
-    try:
-        ctypes.CDLL("libc.so.6").mallopt(-8, arenas)  # -8: M_ARENA_MAX
-    except (OSError, AttributeError):  # not glibc: nothing to do
-        pass
-
-
 def default_threads() -> int:
     """Half the cores this process may use, at least one: under load the server's other threads (HTTP,
     audio decoding, plots) need the rest. On 2 cores, 16 users x 10 requests (bench/load.py) had a p95
@@ -414,7 +407,8 @@ def default_threads() -> int:
 
 
 def main(argv=None) -> int:
-    limit_heap_arenas()
+    heap.limit_arenas()
+    heap.trim_every(HEAP_TRIM_SECONDS)
     checkpoint, gallery = default_paths()
     try:
         galleries = default_galleries()
@@ -449,7 +443,7 @@ def main(argv=None) -> int:
     port = os.environ.get("GRADIO_SERVER_PORT")
     build_demo(recognizer, args.checkpoint, per_visitor).launch(
         server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"), server_port=int(port) if port else None,
-        max_file_size=MAX_UPLOAD, head=RAW_MICROPHONE)
+        max_file_size=MAX_UPLOAD, head=RAW_MICROPHONE, state_session_capacity=SESSIONS)
     return 0
 
 

@@ -18,6 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from tests.helpers import client as gradio_user
 from tests.helpers import five_second_clip  # Allison's held-out clip looped to 5 s at 44.1 kHz
 
 from . import common
@@ -56,9 +57,9 @@ def in_process(checkpoint: Path, clip: Path, runs: int) -> list[float]:
 
 
 def over_http(url: str, clip: Path, runs: int) -> list[float]:
-    from gradio_client import Client, handle_file
+    from gradio_client import handle_file
 
-    client = Client(url, verbose=False, analytics_enabled=False, download_files=tempfile.mkdtemp())
+    client = gradio_user(url)
 
     def once():
         client.predict(handle_file(str(clip)), None, 5, api_name="/identify")

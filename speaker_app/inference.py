@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from .model import SpeakerModel
 
 CHUNK_FRAMES = 3000  # 30 s at a 10 ms hop
-EXPLAIN_FRAMES = 1500  # the explanation covers the first 15 s: its maps take ~9 MB, kept per visitor
+EXPLAIN_FRAMES = 1500  # the explanation covers the first 15 s (at 2x subsampling, maps of 750 x 750 frames)
 EXPLAIN_BATCH_FRAMES = 12000  # attention maps are (B, H, T', T'): smaller batches than infer's
 
 

@@ -54,12 +54,11 @@ def features_figure(features: torch.Tensor, frame_seconds: float, pooling: torch
     return figure
 
 
-def attention_figure(weights: torch.Tensor, frame_seconds: float, layer: int, head: int | None) -> Figure:
-    """A (T', T') self-attention map: row = query time, column = key time.
+def attention_figure(weights: torch.Tensor, duration: float, layer: int, head: int | None) -> Figure:
+    """An (N, N) self-attention map over `duration` seconds: row = query time, column = key time.
 
     layer and head are 1-based, as shown to the user; head None means the heads' mean.
     """
-    duration = weights.shape[-1] * frame_seconds
     figure = _figure(6.4, 5.6)
     axes = figure.add_axes((0.13, 0.1, 0.66, 0.8))
     colorbar = figure.add_axes((0.83, 0.14, 0.025, 0.72), label="<colorbar>")

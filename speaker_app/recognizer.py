@@ -39,6 +39,10 @@ MIN_AUDIO_SECONDS = 0.3
 MIN_FRAMES = 10  # 0.1 s of speech after silence removal
 MAX_AUDIO_SECONDS = 600.0  # longer audio is cut here (bounded memory), and said so; longer feature files are refused
 MAX_BATCH = 8  # requests the model runs together; their attention maps stay small (8 x 5 s: ~2 MB a layer)
+# An explanation is kept per visitor (for the plots and the layer and head menus): its attention maps are
+# stored over at most MAP_CELLS time spans a side, about what the heatmap shows (~420 pixels), in float16:
+# at most 0.5 MB for 4 layers x 4 heads, whatever the length (15 s in full: 18 MB).
+MAP_CELLS = 128
 
 
 class InputError(ValueError):
@@ -68,10 +72,24 @@ class Identification:
 @dataclass
 class Explanation:
     features: torch.Tensor  # (T, n_mels) the frames shown
-    attention: list[torch.Tensor]  # per layer (H, T', T'), float16
+    attention: list[torch.Tensor]  # per layer (H, N, N), float16: the (H, T', T') maps over N = min(T', MAP_CELLS) spans
     pooling: torch.Tensor  # (T',)
     frame_seconds: float  # seconds per encoder frame
     truncated: bool
+
+    @property
+    def seconds(self) -> float:
+        """The time the maps and pooling weights cover."""
+        return len(self.pooling) * self.frame_seconds
+
+
+def shrink_map(maps: torch.Tensor, cells: int = MAP_CELLS) -> torch.Tensor:
+    """(H, T', T') attention -> (H, N, N), N = min(T', cells): each query span's mean attention to each key
+    span, so that every row still sums to about 1."""
+    frames = maps.shape[-1]
+    if frames <= cells:
+        return maps
+    return F.adaptive_avg_pool2d(maps.float(), cells) * (frames / cells)
 
 
 @dataclass
@@ -283,8 +301,7 @@ class Recognizer:
                 result.notes.append(self.unexplained)
             return result, None
         step = inside.frame_step * self.features_config.frame_seconds
-        # half precision: the maps are most of what a session keeps (5 s: 4 layers x 4 heads x 211^2 = 1.4 MB)
-        maps = [layer.half() for layer in inside.attention]
+        maps = [shrink_map(layer).half() for layer in inside.attention]
         return result, Explanation(features[: inside.frames], maps, inside.pooling, step,
                                    len(features) > inside.frames)
 

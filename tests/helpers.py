@@ -3,9 +3,11 @@ and a process's memory. (The benchmarks in bench/ keep their own; tests never im
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -126,10 +128,20 @@ def memory_mb(pid: int | str = "self", field: str = "VmRSS") -> float:
 
 
 # -- gradio_client users ---------------------------------------------------------------------
-def client(url: str):
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    return ssl.create_default_context()
+
+
+def client(url: str, downloads: str | Path | None = None):
+    """A gradio_client user of the app at `url`. gradio_client opens a new httpx client for every upload
+    and queue call, and httpx then builds a TLS context from the CA bundle each time (~30 ms of CPU, even
+    for http://); one context built once is passed instead, so that a load generator sharing the server's
+    cores does not spend them on that."""
     from gradio_client import Client
 
-    return Client(url, verbose=False, analytics_enabled=False, download_files=tempfile.mkdtemp())
+    return Client(url, verbose=False, analytics_enabled=False, download_files=str(downloads or tempfile.mkdtemp()),
+                  ssl_verify=_tls_context())  # passed on to httpx as `verify`
 
 
 def identify_once(user, clip: Path, top_k: int = 3) -> dict:

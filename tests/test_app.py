@@ -77,8 +77,7 @@ def test_each_layer_and_head_can_be_shown(handlers):
     assert heatmap.get_title() == "Self-attention, layer 3, head 2"
     shown = np.asarray(heatmap.images[0].get_array())
     assert np.allclose(shown, explanation.attention[2][1].numpy())
-    frames = explanation.attention[2].shape[-1]
-    assert heatmap.get_xlim() == pytest.approx((0, frames * explanation.frame_seconds))
+    assert heatmap.get_xlim() == pytest.approx((0, len(explanation.pooling) * explanation.frame_seconds))
     assert handlers.show_attention(None, 1, 1) is None
 
 

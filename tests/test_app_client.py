@@ -3,9 +3,10 @@
 import json
 
 import pytest
-from gradio_client import Client, handle_file
+from gradio_client import handle_file
 from gradio_client.exceptions import AppError
 
+from tests import helpers
 from tests.conftest import ROOT
 
 EXAMPLES = ROOT / "examples"
@@ -18,7 +19,7 @@ FEATURES = EXAMPLES / "asterisk-allison_es-MX_spy-h323.pt"
 @pytest.fixture(scope="module")
 def client(app_server, tmp_path_factory):
     url, _ = app_server
-    return Client(url, verbose=False, analytics_enabled=False, download_files=str(tmp_path_factory.mktemp("downloads")))
+    return helpers.client(url, tmp_path_factory.mktemp("downloads"))
 
 
 def identify(client, audio=None, features=None, top_k=3):

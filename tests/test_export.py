@@ -14,7 +14,7 @@ import numpy as np
 import onnxruntime
 import pytest
 import torch
-from gradio_client import Client, handle_file
+from gradio_client import handle_file
 
 import app
 from speaker_app.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
@@ -24,6 +24,7 @@ from speaker_app.model import ModelConfig, build_model
 from speaker_app.onnx_model import OnnxCheckpoint
 from speaker_app.recognizer import Recognizer
 from tests.conftest import EXAMPLES
+from tests import helpers
 from tests.helpers import start_app, stop_app
 from training import export
 
@@ -182,7 +183,7 @@ def test_app_handlers_answer_with_the_onnx_file(exported, tmp_path):
 def test_app_server_answers_the_example_with_the_onnx_file(exported, tmp_path):
     process, url = start_app(exported, tmp_path)
     try:
-        client = Client(url, verbose=False, analytics_enabled=False, download_files=str(tmp_path / "downloads"))
+        client = helpers.client(url, tmp_path / "downloads")
         label, verdict = client.predict(handle_file(str(ALLISON)), None, 3, api_name="/identify")
     finally:
         stop_app(process)

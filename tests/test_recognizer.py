@@ -9,7 +9,7 @@ from speaker_app.checkpoint import Checkpoint
 from speaker_app.features import FeatureConfig
 from speaker_app.gallery import sanitise_name
 from speaker_app.model import ModelConfig, build_model
-from speaker_app.recognizer import InputError, Recognizer
+from speaker_app.recognizer import MAP_CELLS, InputError, Recognizer, shrink_map
 from tests.conftest import speechlike_features, voiced
 
 SPEAKERS = ["a/one", "a/two", "b/three"]
@@ -75,12 +75,33 @@ def test_gallery_of_another_model_is_refused(recognizer, tmp_path):
 
 
 def test_explain_gives_maps_for_each_layer(recognizer):
-    explanation = recognizer.explain(torch.randn(400, 40))
+    explanation = recognizer.explain(torch.randn(200, 40))
     assert len(explanation.attention) == 2
     step = recognizer.model.frame_step  # input frames per encoder frame
-    assert explanation.attention[0].shape == (2, 400 // step, 400 // step)
-    assert explanation.pooling.shape == (400 // step,)
+    assert 200 // step <= MAP_CELLS
+    assert explanation.attention[0].shape == (2, 200 // step, 200 // step)
+    assert explanation.pooling.shape == (200 // step,)
     assert explanation.frame_seconds == pytest.approx(0.01 * step)
+    assert explanation.seconds == pytest.approx(2.0)
+
+
+def test_long_explanations_keep_maps_of_bounded_size_whose_rows_still_sum_to_one(recognizer):
+    explanation = recognizer.explain(torch.randn(1500, 40))
+    step = recognizer.model.frame_step
+    assert len(explanation.pooling) == 1500 // step and explanation.seconds == pytest.approx(15.0)
+    for maps in explanation.attention:
+        assert maps.shape == (2, MAP_CELLS, MAP_CELLS) and maps.dtype == torch.float16
+        assert torch.allclose(maps.float().sum(-1), torch.ones(2, MAP_CELLS), atol=0.02)
+
+
+def test_shrink_map_averages_queries_and_adds_up_keys():
+    maps = torch.softmax(torch.randn(3, 10, 10), -1)
+    assert shrink_map(maps, 10) is maps
+    shrunk = shrink_map(maps, 5)
+    assert shrunk.shape == (3, 5, 5)
+    # cell (i, j): mean over the two queries of span i of their attention summed over the two keys of span j
+    expected = maps.reshape(3, 5, 2, 5, 2).sum(-1).mean(2)
+    assert torch.allclose(shrunk, expected, atol=1e-6)
 
 
 @pytest.mark.parametrize("tensor, message", [

@@ -1,0 +1,49 @@
+"""Keep a long-running server's memory level (glibc's allocator; elsewhere these do nothing).
+
+A server answering from a pool of threads frees what each request allocated, but glibc keeps freed
+heap memory for reuse instead of giving it back, and requests of varying sizes leave it scattered:
+the resident size then creeps up under steady load although nothing is leaked. Under
+`python -m bench.load` (16 users x 10 requests a round) the server grew by about 30 MB a round; a
+malloc_trim after a round brought it back from about 970 MB to 800 MB.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+
+M_ARENA_MAX = -8  # mallopt parameter
+
+
+def _libc():
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc
+        return None
+
+
+def limit_arenas(arenas: int = 2) -> None:
+    """glibc gives threads their own heaps ("arenas"); with two, the server held 922 MB after 480
+    requests under load instead of 1173 MB with the default."""
+    libc = _libc()
+    if libc is not None and hasattr(libc, "mallopt"):
+        libc.mallopt(M_ARENA_MAX, arenas)
+
+
+def trim() -> None:
+    """Give the free heap memory back to the operating system (it stays mapped otherwise)."""
+    libc = _libc()
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
+
+
+def trim_every(seconds: float) -> threading.Event:
+    """Trim the heap every `seconds` from a daemon thread; set the returned event to stop it."""
+    stop = threading.Event()
+
+    def run():
+        while not stop.wait(seconds):
+            trim()
+
+    threading.Thread(target=run, name="heap-trim", daemon=True).start()
+    return stop
