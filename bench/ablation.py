@@ -56,6 +56,7 @@ ROWS = {
     "best+warmup5%": ("... and a warm-up of 5 % of the steps instead of 10 %", BEST + ["warmup_steps=12"]),
     "best+warmup20%": ("... and a warm-up of 20 % of the steps", BEST + ["warmup_steps=50"]),
     "best+nodrop": ("... and no dropout", BEST + ["model.dropout=0"]),
+    "best+nodrop+warmup20%": ("... and no dropout, a warm-up of 20 %", BEST + ["model.dropout=0", "warmup_steps=50"]),
     "best-sub1": ("MFA, conv2d at the full frame rate (subsample 1), BatchNorm", BEST + ["model.subsample=1"]),
     "best-bn": ("MFA, conv2d subsample 2, LayerNorm", ["model.aggregate=mfa", "model.frontend=conv2d",
                                                         "model.subsample=2"]),
