@@ -400,8 +400,8 @@ def default_galleries() -> str:
 def default_threads() -> int:
     """Half the cores this process may use, at least one: under load the server's other threads (HTTP,
     audio decoding, plots) need the rest. On 2 cores, 16 users x 10 requests (bench/load.py) had a p95
-    of 2.2 to 3.0 s over five runs with one torch thread against 2.7 and 2.9 s with two; one request
-    alone takes 5 ms longer."""
+    of 2.2 to 3.0 s over five runs with one torch thread against 2.7 and 2.9 s with two (2026-12-01, while
+    the benchmark's own clients still took much of the CPU); one request alone takes 5 ms longer."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 2)
     return max(1, cores // 2)
 
