@@ -99,12 +99,15 @@ def visit_enroll_tab(browser, url):
     return context, page
 
 
+def listed(clip):
+    """The clip's name as the upload list shows it (its stem and suffix sometimes in separate elements)."""
+    return re.compile(re.escape(clip.stem) + r"\s*" + re.escape(clip.suffix))
+
+
 def enroll(page, name, clip):
     page.locator("#enroll-name input").fill(name)
     page.locator("#enroll-clips input[type=file]").set_input_files(str(clip))
-    # Uploaded: the list shows the file's name (its stem and suffix sometimes in separate elements).
-    shown = re.compile(re.escape(clip.stem) + r"\s*" + re.escape(clip.suffix))
-    sync_api.expect(page.locator("#enroll-clips")).to_contain_text(shown, timeout=60_000)
+    sync_api.expect(page.locator("#enroll-clips")).to_contain_text(listed(clip), timeout=60_000)  # uploaded
     page.get_by_role("button", name="Enroll", exact=True).click()
 
 
@@ -143,6 +146,8 @@ def test_names_show_as_plain_text_and_a_refusal_marks_only_its_message(browser, 
         sync_api.expect(message).to_contain_text("Enrolled $$x^2$$ from 1 clip", timeout=60_000)
         assert page.locator(".katex").count() == 0  # no formula anywhere on the page
         sync_api.expect(page.locator("#enrolled-table")).to_contain_text("$$x^2$$")
+        # A successful enrollment clears the clips in a second event: once it has, the next upload stays.
+        sync_api.expect(page.locator("#enroll-clips")).not_to_contain_text(listed(voice), timeout=60_000)
         again = voice.with_name("voice-again.pt")  # a new file: a file input may ignore the same file twice
         again.write_bytes(voice.read_bytes())
         enroll(page, "$$X^2$$", again)  # the same name up to case: refused, the page asks to replace
