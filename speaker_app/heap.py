@@ -10,11 +10,13 @@ malloc_trim after a round brought it back from about 970 MB to 800 MB.
 from __future__ import annotations
 
 import ctypes
+import functools
 import threading
 
 M_ARENA_MAX = -8  # mallopt parameter
 
 
+@functools.cache  # loaded once: trim() runs every second
 def _libc():
     try:
         return ctypes.CDLL("libc.so.6")
