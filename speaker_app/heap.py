@@ -1,4 +1,5 @@
-"""Keep a long-running server's memory level (glibc's allocator; elsewhere these do nothing).
+"""Keep a long-running server's memory level, and a training process's big blocks for reuse
+(glibc's allocator; elsewhere these do nothing).
 
 A server answering from a pool of threads frees what each request allocated, but glibc keeps freed
 heap memory for reuse instead of giving it back, and requests of varying sizes leave it scattered:
@@ -13,7 +14,10 @@ import ctypes
 import functools
 import threading
 
-M_ARENA_MAX = -8  # mallopt parameter
+# mallopt parameters
+M_TRIM_THRESHOLD = -1
+M_MMAP_MAX = -4
+M_ARENA_MAX = -8
 
 
 @functools.cache  # loaded once: trim() runs every second
@@ -30,6 +34,20 @@ def limit_arenas(arenas: int = 2) -> None:
     libc = _libc()
     if libc is not None and hasattr(libc, "mallopt"):
         libc.mallopt(M_ARENA_MAX, arenas)
+
+
+def reuse_big_blocks(keep_bytes: int = 1 << 30) -> None:
+    """For a training process: serve every allocation from the heap, and keep up to `keep_bytes` of
+    freed memory there rather than giving it back.
+
+    A training step allocates and frees the same large activations every time. glibc maps each block
+    above its threshold (at most 32 MB) freshly from the kernel and unmaps it when freed, so each step
+    page-faults its biggest tensors in again. Measured on 2 threads, batch 64 x 200 frames, forward,
+    backward and AdamW: ECAPA-TDNN 1.85 -> 0.82 s a step, our Conformer 0.70 -> 0.66 s."""
+    libc = _libc()
+    if libc is not None and hasattr(libc, "mallopt"):
+        libc.mallopt(M_MMAP_MAX, 0)
+        libc.mallopt(M_TRIM_THRESHOLD, keep_bytes)
 
 
 def trim() -> None:

@@ -38,6 +38,7 @@ from pathlib import Path
 
 import torch
 
+from speaker_app import heap
 from speaker_app.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from speaker_app.configs import from_dict
 from speaker_app.ecapa import ecapa_config
@@ -179,6 +180,7 @@ def main(argv=None) -> int:
             raise SystemExit(f"error: --init: {error}")
         config = replace(config, model=init.model_config)  # the model is the checkpoint's
 
+    heap.reuse_big_blocks()  # every step frees and reallocates the same big activations
     env = Distributed(args.device)
     progress = env.main and not args.no_progress
     if config.batch_size % env.world:
