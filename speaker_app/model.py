@@ -155,9 +155,10 @@ class ConvModule(nn.Module):
         return self.dropout(self.pointwise_out(F.silu(x)))
 
 
-def time_strides(factor: int) -> list[int]:
-    """Two convolution layers whose time strides multiply to `factor` (1, 2 or 4)."""
-    return {1: [1, 1], 2: [2, 1], 4: [2, 2]}[factor]
+def time_strides(factor: int, late: bool = False) -> list[int]:
+    """Two convolution layers whose time strides multiply to `factor` (1, 2 or 4); `late`: a single
+    stride on the second layer, so the first sees every frame."""
+    return {1: [1, 1], 2: [1, 2] if late else [2, 1], 4: [2, 2]}[factor]
 
 
 class Subsampling(nn.Module):
@@ -184,9 +185,9 @@ class Subsampling2d(nn.Module):
     """Two 3x3 convolutions over (time, mel) with stride 2 in frequency, then a projection to d_model:
     local time-frequency patterns, as in Conformer ASR front ends and MFA-Conformer."""
 
-    def __init__(self, n_mels: int, dim: int, factor: int, channels: int):
+    def __init__(self, n_mels: int, dim: int, factor: int, channels: int, late_stride: bool = False):
         super().__init__()
-        self.strides = time_strides(factor)
+        self.strides = time_strides(factor, late_stride)
         self.convs = nn.ModuleList([nn.Conv2d(1, channels, 3, stride=(self.strides[0], 2), padding=1),
                                     nn.Conv2d(channels, channels, 3, stride=(self.strides[1], 2), padding=1)])
         bins = strided_lengths(strided_lengths(torch.tensor(n_mels), 2), 2)
@@ -228,6 +229,18 @@ class ConformerBlock(nn.Module):
         return self.norm(x), weights
 
 
+def weighted_stats(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """x (B, T, D), weights (B, T) or (B, T, D) summing to 1 over time -> [mean, std] (B, 2D), in x's dtype
+    (float32 under autocast: the centred formula, since E[x^2] - mean^2 in bf16 loses a small variance)."""
+    if weights.dim() == 2:
+        mean = torch.einsum("bt,btd->bd", weights, x)
+        var = torch.einsum("bt,btd->bd", weights, (x - mean[:, None]).square())
+    else:
+        mean = (weights * x).sum(1)
+        var = (weights * (x - mean[:, None]).square()).sum(1)
+    return torch.cat([mean, var.clamp(min=1e-5).sqrt()], dim=-1)
+
+
 class AttentiveStatsPooling(nn.Module):
     """Attention-weighted mean and standard deviation over time (Okabe et al. 2018)."""
 
@@ -243,11 +256,28 @@ class AttentiveStatsPooling(nn.Module):
         scores = self.score(x).squeeze(-1).float().masked_fill(~mask, float("-inf"))
         with torch.autocast(x.device.type, enabled=False):  # autocast would run the sums in bf16 again
             weights = scores.softmax(dim=-1)  # (B, T)
-            x = x.float()
-            mean = torch.einsum("bt,btd->bd", weights, x)
-            var = torch.einsum("bt,btd->bd", weights, (x - mean[:, None]).square())
-            std = var.clamp(min=1e-5).sqrt()
-        return torch.cat([mean, std], dim=-1), weights
+            return weighted_stats(x.float(), weights), weights
+
+
+class ChannelAttentiveStatsPooling(nn.Module):
+    """Attentive statistics pooling with a weight per frame and channel, scored with the utterance's
+    global mean and standard deviation beside each frame (ECAPA-TDNN, Desplanques et al. 2020)."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.score = nn.Sequential(nn.Linear(3 * dim, hidden), nn.Tanh(), nn.Linear(hidden, dim))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor):
+        """x (B, T, D), mask (B, T) -> stats (B, 2D), weights (B, T): the channels' mean weight per frame."""
+        with torch.autocast(x.device.type, enabled=False):
+            uniform = mask.float() / mask.sum(1, keepdim=True)
+            context = weighted_stats(x.float(), uniform).to(x.dtype)  # (B, 2D)
+        context = context[:, None].expand(-1, x.shape[1], -1)
+        scores = self.score(torch.cat([x, context], dim=-1)).float()  # (B, T, D)
+        scores = scores.masked_fill(~mask[..., None], float("-inf"))
+        with torch.autocast(x.device.type, enabled=False):
+            weights = scores.softmax(dim=1)
+            return weighted_stats(x.float(), weights), weights.mean(-1)
 
 
 class MarginHead(nn.Module):
@@ -326,6 +356,8 @@ CHOICES = {
     "position": ("none", "rotary"),
     "aggregate": ("mfa", "last"),  # pool every block's output (multi-scale aggregation) or the last one's
     "head": ("am", "aam"),
+    "pooling": ("frame", "channel"),  # attentive pooling: one weight per frame, or per frame and channel
+    "time_stride": ("first", "late"),  # conv2d front end at subsample 2: which of its two layers strides in time
 }
 # Before a field existed, models behaved as these values say: older checkpoints load with them.
 LEGACY = {"frontend": "conv1d", "frontend_channels": 64, "conv_norm": "layer", "position": "none",
@@ -348,6 +380,8 @@ class ModelConfig:
     conv_norm: str = "batch"
     position: str = "none"
     aggregate: str = "mfa"
+    pooling: str = "frame"
+    time_stride: str = "first"
     dropout: float = 0.0  # none by default: at short budgets it did not help, and it costs ~28 % of a CPU step
     emb_dim: int = 192
     head: str = "am"
@@ -481,7 +515,8 @@ class SpeakerConformer(SpeakerModel):
         self.frame_step = config.subsample
         d = config.d_model
         if config.frontend == "conv2d":
-            self.frontend = Subsampling2d(config.n_mels, d, config.subsample, config.frontend_channels)
+            self.frontend = Subsampling2d(config.n_mels, d, config.subsample, config.frontend_channels,
+                                          config.time_stride == "late")
         else:
             self.frontend = Subsampling(config.n_mels, d, config.subsample)
         self.blocks = nn.ModuleList(
@@ -491,7 +526,8 @@ class SpeakerConformer(SpeakerModel):
         )
         pooled = d * config.n_layers if config.aggregate == "mfa" else d
         self.aggregate_norm = nn.LayerNorm(pooled) if config.aggregate == "mfa" else nn.Identity()
-        self.pooling = AttentiveStatsPooling(pooled, hidden=d)
+        pooling = ChannelAttentiveStatsPooling if config.pooling == "channel" else AttentiveStatsPooling
+        self.pooling = pooling(pooled, hidden=d)
         self.embedding = nn.Linear(2 * pooled, config.emb_dim)
         self.head = self.margin_head(config, n_speakers)
 

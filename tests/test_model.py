@@ -9,6 +9,8 @@ SMALL = ModelConfig(d_model=32, n_heads=4, n_layers=2, ff_dim=64, emb_dim=24, co
 CONFIGS = {
     "conformer": SMALL,
     "conformer-sub1": ModelConfig(d_model=32, n_heads=2, n_layers=1, ff_dim=64, emb_dim=16, subsample=1),
+    "conformer-channel-pooling-late-stride": ModelConfig(d_model=32, n_heads=4, n_layers=2, ff_dim=64, emb_dim=24,
+                                                         conv_kernel=5, pooling="channel", time_stride="late"),
     "baseline": ModelConfig.baseline(),
 }
 N_SPEAKERS = 7
