@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from speaker_app import heap
 from speaker_app.configs import from_dict
 from speaker_app.ecapa import ecapa_config
 from speaker_app.features import FeatureConfig
@@ -149,6 +150,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seconds", type=float, help="timed seconds per row, at least (default 30, --quick 3)")
     parser.add_argument("--results", type=Path, help="file whose sections to rewrite (default bench/RESULTS.md)")
     args = parser.parse_args(argv)
+    heap.reuse_big_blocks()  # as training.train does
     devices = args.devices or ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     if "cuda" in devices and not torch.cuda.is_available():
         raise SystemExit("error: --devices cuda, but no CUDA device is available")
