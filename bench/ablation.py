@@ -30,7 +30,7 @@ from .accuracy import prepared, run, score
 
 # The model before this study, spelled out: every row starts from it and changes what its flags say.
 BEFORE = ["model.frontend=conv1d", "model.subsample=4", "model.conv_norm=layer", "model.position=none",
-          "model.aggregate=last", "model.head=am"]
+          "model.aggregate=last", "model.head=am", "model.ff_dim=576", "model.dropout=0.1"]
 BEST = ["model.aggregate=mfa", "model.frontend=conv2d", "model.subsample=2", "model.conv_norm=batch"]
 # name -> (what the row changes, its --set flags over BEFORE)
 ROWS = {
@@ -57,6 +57,13 @@ ROWS = {
     "best+warmup20%": ("... and a warm-up of 20 % of the steps", BEST + ["warmup_steps=50"]),
     "best+nodrop": ("... and no dropout", BEST + ["model.dropout=0"]),
     "best+nodrop+warmup20%": ("... and no dropout, a warm-up of 20 %", BEST + ["model.dropout=0", "warmup_steps=50"]),
+    "best+nodrop+ff288": ("... and no dropout, FFN 288 (2 x d_model) instead of 576: today's default",
+                          BEST + ["model.dropout=0", "model.ff_dim=288"]),
+    "default+channel-pooling": ("today's default, and attentive pooling with a weight per frame and channel "
+                                "(ECAPA-TDNN's, with global context)",
+                                BEST + ["model.dropout=0", "model.ff_dim=288", "model.pooling=channel"]),
+    "default+late-stride": ("today's default, with the front end's time stride on its second convolution",
+                            BEST + ["model.dropout=0", "model.ff_dim=288", "model.time_stride=late"]),
     "best-sub1": ("MFA, conv2d at the full frame rate (subsample 1), BatchNorm", BEST + ["model.subsample=1"]),
     "best-bn": ("MFA, conv2d subsample 2, LayerNorm", ["model.aggregate=mfa", "model.frontend=conv2d",
                                                         "model.subsample=2"]),

@@ -372,7 +372,7 @@ class ModelConfig:
     d_model: int = 144  # for kind "ecapa": its TDNN channels
     n_heads: int = 4
     n_layers: int = 4
-    ff_dim: int = 576  # feed-forward hidden size
+    ff_dim: int = 288  # feed-forward hidden size: twice d_model, a faster step that learned more at equal time than 4x
     conv_kernel: int = 15
     frontend: str = "conv2d"
     frontend_channels: int = 64  # conv2d front end only

@@ -1,6 +1,5 @@
 import json
 import re
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -146,15 +145,16 @@ def test_augmenter_keeps_shapes_padding_and_is_seeded():
     assert (a[:, :5, -5:] < -15).all()
 
 
-def test_default_recipe_names_the_default_model():
+def test_default_recipe_names_the_shipped_model():
+    from speaker_app.checkpoint import load_checkpoint
     from speaker_app.configs import from_dict
-    from speaker_app.model import ModelConfig
     from training.config import read_config_file
 
-    recipe = from_dict(TrainConfig, read_config_file(Path(__file__).parents[1] / "training" / "configs" / "default.json"))
-    # the shipped model is the default architecture; dropout is the recipe's own (the long recipe keeps 0.1)
-    assert replace(recipe.model, dropout=ModelConfig().dropout) == ModelConfig()
-    assert recipe.model.dropout == 0.1
+    root = Path(__file__).parents[1]
+    recipe = from_dict(TrainConfig, read_config_file(root / "training" / "configs" / "default.json"))
+    # Rerunning the recipe (training.default_model) builds the architecture of checkpoints/default.pt.
+    # It is not today's default ModelConfig (FFN 288, no dropout): the shipped model predates that choice.
+    assert recipe.model == load_checkpoint(root / "checkpoints" / "default.pt").model_config
 
 
 def test_config_overrides():
