@@ -32,6 +32,7 @@ from .accuracy import prepared, run, score
 BEFORE = ["model.frontend=conv1d", "model.subsample=4", "model.conv_norm=layer", "model.position=none",
           "model.aggregate=last", "model.head=am", "model.ff_dim=576", "model.dropout=0.1"]
 BEST = ["model.aggregate=mfa", "model.frontend=conv2d", "model.subsample=2", "model.conv_norm=batch"]
+DEFAULT = BEST + ["model.dropout=0", "model.ff_dim=288"]  # today's default ModelConfig
 # name -> (what the row changes, its --set flags over BEFORE)
 ROWS = {
     "before": ("the model before this study: conv1d front end, subsample 4, LayerNorm, last block, AM", []),
@@ -58,16 +59,16 @@ ROWS = {
     "best+nodrop": ("... and no dropout", BEST + ["model.dropout=0"]),
     "best+nodrop+warmup20%": ("... and no dropout, a warm-up of 20 %", BEST + ["model.dropout=0", "warmup_steps=50"]),
     "best+nodrop+ff288": ("... and no dropout, FFN 288 (2 x d_model) instead of 576: today's default",
-                          BEST + ["model.dropout=0", "model.ff_dim=288"]),
+                          DEFAULT),
     "default+channel-pooling": ("today's default, and attentive pooling with a weight per frame and channel "
                                 "(ECAPA-TDNN's, with global context)",
-                                BEST + ["model.dropout=0", "model.ff_dim=288", "model.pooling=channel"]),
+                                DEFAULT + ["model.pooling=channel"]),
     "default+late-stride": ("today's default, with the front end's time stride on its second convolution",
-                            BEST + ["model.dropout=0", "model.ff_dim=288", "model.time_stride=late"]),
+                            DEFAULT + ["model.time_stride=late"]),
     "default+lr3e-3": ("today's default with peak learning rate 3e-3",
-                       BEST + ["model.dropout=0", "model.ff_dim=288", "lr=0.003"]),
+                       DEFAULT + ["lr=0.003"]),
     "default+3-layers": ("today's default with 3 Conformer blocks instead of 4",
-                         BEST + ["model.dropout=0", "model.ff_dim=288", "model.n_layers=3"]),
+                         DEFAULT + ["model.n_layers=3"]),
     "best-sub1": ("MFA, conv2d at the full frame rate (subsample 1), BatchNorm", BEST + ["model.subsample=1"]),
     "best-bn": ("MFA, conv2d subsample 2, LayerNorm", ["model.aggregate=mfa", "model.frontend=conv2d",
                                                         "model.subsample=2"]),

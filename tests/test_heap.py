@@ -1,7 +1,10 @@
 """speaker_app.heap: the app's allocator settings and its periodic heap trim."""
 
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 from speaker_app import heap
 
@@ -51,11 +54,9 @@ print(sum(faults[-8:]))  # once the heap holds enough free blocks (the first few
 
 
 def test_reuse_big_blocks_stops_faulting_in_the_same_memory_every_step():
-    import subprocess
-    import sys
-
     def faults(mode):  # a fresh process each: the setting is process-wide
-        done = subprocess.run([sys.executable, "-c", REALLOCATE, mode], capture_output=True, text=True, check=True)
+        done = subprocess.run([sys.executable, "-c", REALLOCATE, mode], capture_output=True, text=True, check=True,
+                              cwd=Path(__file__).parents[1])
         return int(done.stdout)
 
     mapped_afresh = faults("default")  # glibc maps a block that big from the kernel each time
