@@ -32,7 +32,7 @@ from .accuracy import prepared, run, score
 BEFORE = ["model.frontend=conv1d", "model.subsample=4", "model.conv_norm=layer", "model.position=none",
           "model.aggregate=last", "model.head=am", "model.ff_dim=576", "model.dropout=0.1"]
 BEST = ["model.aggregate=mfa", "model.frontend=conv2d", "model.subsample=2", "model.conv_norm=batch"]
-DEFAULT = BEST + ["model.dropout=0", "model.ff_dim=288"]  # today's default ModelConfig
+DEFAULT = BEST + ["model.dropout=0", "model.ff_dim=288"]  # the default ModelConfig the `default+` rows began from
 # name -> (what the row changes, its --set flags over BEFORE)
 ROWS = {
     "before": ("the model before this study: conv1d front end, subsample 4, LayerNorm, last block, AM", []),
@@ -69,6 +69,12 @@ ROWS = {
                        DEFAULT + ["lr=0.003"]),
     "default+3-layers": ("today's default with 3 Conformer blocks instead of 4",
                          DEFAULT + ["model.n_layers=3"]),
+    "default+stats-bn": ("today's default with BatchNorm of the pooled statistics (ECAPA-TDNN's)",
+                         DEFAULT + ["model.stats_norm=batch"]),
+    "default+mfa-dense": ("today's default with a pointwise layer, ReLU and BatchNorm on the aggregated "
+                          "blocks before pooling (ECAPA-TDNN's)", DEFAULT + ["model.aggregate=mfa-dense"]),
+    "default+stats-bn+3-layers": ("today's default with BatchNorm of the pooled statistics and 3 Conformer blocks",
+                                  DEFAULT + ["model.stats_norm=batch", "model.n_layers=3"]),
     "best-sub1": ("MFA, conv2d at the full frame rate (subsample 1), BatchNorm", BEST + ["model.subsample=1"]),
     "best-bn": ("MFA, conv2d subsample 2, LayerNorm", ["model.aggregate=mfa", "model.frontend=conv2d",
                                                         "model.subsample=2"]),

@@ -17,7 +17,7 @@ from .features import FeatureConfig
 from .files import TensorFileError, atomic_write, load_tensor_file, previous_path
 from .model import ModelConfig, SpeakerModel, build_model
 
-FORMAT_VERSION = 2  # 2: model configs name every architecture choice (1: LEGACY values)
+FORMAT_VERSION = 2  # 2: model configs name every architecture choice of their time (a field they lack: its LEGACY value)
 
 
 class CheckpointError(RuntimeError):
@@ -73,7 +73,7 @@ class Checkpoint:
             raise CheckpointError(f"checkpoint format {version} is newer than this code ({FORMAT_VERSION})")
         try:
             checkpoint = cls(
-                model_config=ModelConfig.from_dict(data["model_config"], legacy=version < 2),
+                model_config=ModelConfig.from_dict(data["model_config"], legacy=True),
                 feature_config=FeatureConfig.from_dict(data["feature_config"]),
                 speakers=list(data["speakers"]), state_dict=data["state_dict"],
                 step=int(data.get("step", 0)), metrics=dict(data.get("metrics", {})),

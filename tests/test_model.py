@@ -11,6 +11,8 @@ CONFIGS = {
     "conformer-sub1": ModelConfig(d_model=32, n_heads=2, n_layers=1, ff_dim=64, emb_dim=16, subsample=1),
     "conformer-channel-pooling-late-stride": ModelConfig(d_model=32, n_heads=4, n_layers=2, ff_dim=64, emb_dim=24,
                                                          conv_kernel=5, pooling="channel", time_stride="late"),
+    "conformer-mfa-dense-stats-norm": ModelConfig(d_model=32, n_heads=4, n_layers=2, ff_dim=64, emb_dim=24,
+                                                  conv_kernel=5, aggregate="mfa-dense", stats_norm="batch"),
     "baseline": ModelConfig.baseline(),
 }
 N_SPEAKERS = 7
@@ -115,6 +117,22 @@ def test_save_load_gives_identical_outputs(model, tmp_path):
     save_checkpoint(checkpoint, tmp_path / "m.pt")
     loaded = load_checkpoint(tmp_path / "m.pt")
     assert loaded.speakers == speakers and loaded.step == 5 and loaded.model_config == model.config
+    assert torch.equal(loaded.build_model()(features, lengths), model(features, lengths))
+
+
+def test_a_checkpoint_saved_before_a_config_field_existed_loads_as_it_was_trained(tmp_path):
+    # checkpoints/default.pt and its kind were saved before stats_norm, pooling and time_stride existed
+    torch.manual_seed(0)
+    before = ModelConfig(d_model=32, n_heads=4, n_layers=2, ff_dim=64, emb_dim=24, conv_kernel=5, stats_norm="none")
+    model = build_model(before, N_SPEAKERS).eval()
+    checkpoint = Checkpoint(before, FeatureConfig(), [f"spk{i}" for i in range(N_SPEAKERS)], model.state_dict())
+    data = checkpoint.to_dict()
+    for field in ("stats_norm", "pooling", "time_stride"):
+        del data["model_config"][field]
+    torch.save(data, tmp_path / "old.pt")
+    loaded = load_checkpoint(tmp_path / "old.pt")
+    assert loaded.model_config == before and ModelConfig().stats_norm != before.stats_norm
+    features, lengths = batch()
     assert torch.equal(loaded.build_model()(features, lengths), model(features, lengths))
 
 
