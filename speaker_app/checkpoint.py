@@ -73,7 +73,7 @@ class Checkpoint:
             raise CheckpointError(f"checkpoint format {version} is newer than this code ({FORMAT_VERSION})")
         try:
             checkpoint = cls(
-                model_config=ModelConfig.from_dict(data["model_config"], legacy=True),
+                model_config=ModelConfig.from_dict(data["model_config"]),
                 feature_config=FeatureConfig.from_dict(data["feature_config"]),
                 speakers=list(data["speakers"]), state_dict=data["state_dict"],
                 step=int(data.get("step", 0)), metrics=dict(data.get("metrics", {})),

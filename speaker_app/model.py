@@ -410,9 +410,9 @@ class ModelConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict, legacy: bool = False) -> ModelConfig:
-        """`legacy`: fields the dict lacks take their LEGACY values (a checkpoint older than them)."""
-        return from_dict(cls, {**LEGACY, **data} if legacy else data)
+    def from_dict(cls, data: dict) -> ModelConfig:
+        """A stored config (checkpoint, ONNX metadata); fields it lacks take their LEGACY values."""
+        return from_dict(cls, {**LEGACY, **data})
 
     @classmethod
     def baseline(cls, n_mels: int = 40) -> ModelConfig:
@@ -528,8 +528,9 @@ class SpeakerConformer(SpeakerModel):
                            config.conv_norm, config.position == "rotary")
             for _ in range(config.n_layers)
         )
-        pooled = d * config.n_layers if config.aggregate != "last" else d
-        self.aggregate_norm = nn.LayerNorm(pooled) if config.aggregate != "last" else nn.Identity()
+        every_block = config.aggregate != "last"
+        pooled = d * config.n_layers if every_block else d
+        self.aggregate_norm = nn.LayerNorm(pooled) if every_block else nn.Identity()
         if config.aggregate == "mfa-dense":
             self.aggregate_dense = nn.Linear(pooled, pooled)
             self.aggregate_dense_norm = MaskedBatchNorm(pooled)

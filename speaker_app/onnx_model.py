@@ -151,7 +151,7 @@ def load_onnx(path: str | Path, threads: int | None = None) -> OnnxCheckpoint:
     try:
         checkpoint = OnnxCheckpoint(
             # A file older than a config field holds a model that behaved as its LEGACY value says.
-            model_config=ModelConfig.from_dict(json.loads(meta["model_config"]), legacy=True),
+            model_config=ModelConfig.from_dict(json.loads(meta["model_config"])),
             feature_config=FeatureConfig.from_dict(json.loads(meta["feature_config"])),
             speakers=list(json.loads(meta["speakers"])),
             state_dict={i.name: torch.from_numpy(numpy_helper.to_array(i).copy()) for i in proto.graph.initializer},
