@@ -52,12 +52,19 @@ def test_shapes_and_finite(model):
         assert torch.allclose(maps.sum(-1), torch.ones_like(maps.sum(-1)))
 
 
+SHIFT_INVARIANT = {"pooling.score.2.bias"}
+
+
 def test_every_parameter_gets_a_gradient(model):
     features, lengths = batch()
     labels = torch.tensor([0, 1, 2, 3])
     torch.nn.functional.cross_entropy(model(features, lengths, labels), labels).backward()
     for name, parameter in model.named_parameters():
-        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+        assert parameter.grad is not None, name
+        # The pooling score's last bias shifts every frame's score alike, which the softmax over
+        # time ignores: its gradient is zero but for rounding (exactly zero in some builds).
+        if name not in SHIFT_INVARIANT:
+            assert parameter.grad.abs().sum() > 0, name
 
 
 def test_padded_batch_equals_one_at_a_time(model):
