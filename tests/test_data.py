@@ -153,8 +153,6 @@ def test_default_recipe_names_the_shipped_model():
     root = Path(__file__).parents[1]
     recipe = from_dict(TrainConfig, read_config_file(root / "training" / "configs" / "default.json"))
     # Rerunning the recipe (training.default_model) builds the architecture of checkpoints/default.pt.
-    # It is not today's default ModelConfig (3 blocks, FFN 288, no dropout, statistics norm): the shipped model
-    # predates those choices.
     assert recipe.model == load_checkpoint(root / "checkpoints" / "default.pt").model_config
 
 
