@@ -155,13 +155,15 @@ class Run:
 
 
 def validate_and_save(run: Run, model, optimizer, scheduler, valid_bank, device, window: dict) -> dict:
-    """Rank 0: validate, log a metrics row, write best.pt when it improved and last.pt always."""
+    """Rank 0: validate, log a metrics row, write best.pt when it is at least as good as before and
+    last.pt always. A tie goes to the later step: the same validation accuracy after more updates at
+    a lower learning rate (a small validation split ties often)."""
     metrics = {"step": run.step, "train_loss": window["loss"], "train_acc": window["acc"],
                **evaluate(model, valid_bank, device, run.config.valid_max_frames, run.config.precision),
                "lr": scheduler.get_last_lr()[0], "steps_per_s": window["steps_per_s"],
                "elapsed_s": window["elapsed_s"]}
     append_metrics(run.out / "metrics.csv", metrics)
-    if metrics["valid_top1"] > run.best:
+    if metrics["valid_top1"] >= run.best:
         run.best = metrics["valid_top1"]
         save_checkpoint(run.checkpoint(model, metrics), run.out / "best.pt")
     state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "best_top1": run.best}

@@ -7,7 +7,7 @@
 
 Writes RUN_DIR/config.json, RUN_DIR/metrics.csv (one row per validation),
 RUN_DIR/last.pt (with optimizer, scheduler and step) and RUN_DIR/best.pt (the
-weights with the best validation accuracy).
+weights with the best validation accuracy, the latest of ties).
 
 The batches, crops and augmentation of step s depend only on (seed, s): every
 process draws the same global batch and trains on its equal slice, so N

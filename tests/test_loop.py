@@ -1,0 +1,31 @@
+"""Which checkpoint the loop keeps as best.pt."""
+
+import torch
+
+from speaker_app.checkpoint import load_checkpoint
+from speaker_app.features import FeatureConfig
+from speaker_app.model import ModelConfig, build_model
+from training import loop
+from training.config import TrainConfig
+
+SMALL = ModelConfig(d_model=32, n_heads=2, n_layers=1, ff_dim=64, emb_dim=16, frontend_channels=8)
+
+
+def test_best_checkpoint_is_the_latest_of_equal_validation_accuracy(tmp_path, monkeypatch):
+    config = TrainConfig(model=SMALL, steps=10)
+    model = build_model(SMALL, 3)
+    optimizer = loop.make_optimizer(model, config)
+    scheduler = loop.make_schedule(optimizer, config)
+    run = loop.Run(tmp_path, config, FeatureConfig(), ["a", "b", "c"], info={})
+    window = {"loss": 1.0, "acc": 0.5, "steps_per_s": 1.0, "elapsed_s": 1.0}
+    for step, top1 in [(1, 0.5), (2, 0.8), (3, 0.7), (4, 0.8), (5, 0.6)]:
+        monkeypatch.setattr(loop, "evaluate", lambda *args, top1=top1: {"valid_loss": 1.0, "valid_top1": top1,
+                                                                         "valid_top5": 1.0})
+        run.step = step
+        with torch.no_grad():
+            model.head.weight.add_(1.0)  # weights that differ at every step
+        loop.validate_and_save(run, model, optimizer, scheduler, None, "cpu", window)
+    best = load_checkpoint(tmp_path / "best.pt")
+    assert best.step == 4 and run.best == 0.8
+    torch.testing.assert_close(best.state_dict["head.weight"], model.head.weight - 1.0)
+    assert load_checkpoint(tmp_path / "last.pt").step == 5
