@@ -90,7 +90,7 @@ def train_and_score(name: str, seed: int, args, data: Path) -> dict:
     flags = [a for setting in BEFORE + ROWS[name][1] for a in ("--set", setting)]
     device = ["--device", "cuda", "--set", "precision=fp32"] if args.device == "cuda" else []
     command = ["-m", "training.train", "--data", str(data), "--out", str(out), "--steps", str(args.steps),
-               "--seed", str(seed), "--set", f"warmup_steps={max(1, args.steps // 10)}", "--no-progress", *device,
+               "--seed", str(seed), *common.short_budget(args.steps), "--no-progress", *device,
                *flags]
     out.parent.mkdir(parents=True, exist_ok=True)
     wall = run(command, out.with_suffix(".log"))
@@ -113,7 +113,7 @@ def report(results: dict, args, wall_s: float) -> str:
     return "\n".join([
         common.header("Ablation: what makes the Conformer learn fast (CPU)", wall_s),
         f"Each row: `python -m training.train --data DATA --out RUN --steps {args.steps} --seed SEED "
-        f"--set warmup_steps={max(1, args.steps // 10)}` with the flags of the model before this study "
+        f"{' '.join(common.short_budget(args.steps))}` with the flags of the model before this study "
         f"(`{' '.join('--set ' + f for f in BEFORE)}`) and then the row's own flags; DATA is "
         "`../shared/speech` prepared as in bench.accuracy (612 held-out clips of 31 speakers). Top-1 and "
         "the clip-vs-clip EER on the held-out clips with the run's best.pt, mean ± standard deviation over "

@@ -6,8 +6,9 @@ Prepares ../shared/speech once (`training.prepare`, 20 % of each speaker's clips
 held out, split seed 0), then trains each model with each seed through the real
 command line (`python -m training.train`, with `--model baseline` or
 `--model ecapa`): same features, crops, augmentation, optimizer, schedule and
-batch (the defaults of `training.train`, except the warm-up: a tenth of the
-steps rather than 300, so that short budgets still decay the learning rate).
+batch (the defaults of `training.train`, except `common.short_budget`: a tenth
+of the steps as warm-up rather than 300, so that short budgets still decay the
+learning rate, and 2-s crops, as every table here was measured).
 Two budgets: equal steps (N each), and equal wall time: ECAPA-TDNN's N-step
 training time, which our Conformer fills with N x (ECAPA's time / ours at N
 steps) steps. Each run's best.pt is scored on the held-out clips with
@@ -51,7 +52,7 @@ STEPS, QUICK_STEPS = 250, 30
 def train(out: Path, data: Path, steps: int, seed: int, flags: list[str]) -> float:
     """`python -m training.train` at the benchmark's settings; seconds it took."""
     return run(["-m", "training.train", "--data", str(data), "--out", str(out), "--steps", str(steps), "--seed", str(seed),
-                "--set", f"warmup_steps={max(1, steps // 10)}", "--no-progress", *flags], out.with_suffix(".log"))
+                *common.short_budget(steps), "--no-progress", *flags], out.with_suffix(".log"))
 
 
 def trained(out: Path, data: Path, steps: int, seed: int, flags: list[str]) -> float:

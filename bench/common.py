@@ -97,6 +97,13 @@ def write_section(name: str, text: str, path: Path | None = RESULTS) -> None:
     print(f"wrote section {name!r} of {path}")
 
 
+def short_budget(steps: int) -> list[str]:
+    """`training.train` flags of the short-budget benchmarks (accuracy, ablation, precision): a tenth of
+    the steps as warm-up, so that a short run still decays its learning rate, and the 2-s crops that
+    their tables were measured with (the long default recipe crops 1.2 s: `TrainConfig.segment_frames`)."""
+    return ["--set", f"warmup_steps={max(1, steps // 10)}", "--set", "segment_frames=200"]
+
+
 def finished_score(run: Path) -> dict | None:
     """The score.json of a run folder that finished, else None (an interrupted run's files are removed,
     so it starts again)."""

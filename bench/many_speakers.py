@@ -53,6 +53,8 @@ ROWS = {
     "aam": ("additive angular margin (AAM) instead of AM", "all", ["model.head=aam"]),
     "ramp": ("margin ramped in (none until 20 % of the steps, full from 60 %)", "all", ["margin_ramp=[0.2,0.6]"]),
     "crop300": ("3-s crops instead of 2-s", "all", ["segment_frames=300"]),
+    "crop120": ("1.2-s crops instead of 2-s (the 31 speakers' default recipe since 2026-12-03)", "all",
+                ["segment_frames=120"]),
     "no-aug": ("no augmentation", "all", ["augment.bandlimit_prob=0", "augment.noise_prob=0", "augment.freq_masks=0",
                                          "augment.time_masks=0"]),
     "emb256": ("256-dim embedding instead of 192", "all", ["model.emb_dim=256"]),

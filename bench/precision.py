@@ -40,7 +40,7 @@ def main(argv=None) -> int:
     for precision in ("bf16", "fp32"):
         out = work / precision
         wall = run(["-m", "training.train", "--data", str(args.data), "--out", str(out), "--steps", str(args.steps),
-                    "--seed", str(args.seed), "--device", args.device, "--set", f"warmup_steps={max(1, args.steps // 10)}",
+                    "--seed", str(args.seed), "--device", args.device, *common.short_budget(args.steps),
                     "--set", f"valid_every={args.steps}", "--set", f"precision={precision}", "--no-progress"],
                    work / f"{precision}.log")
         results[precision] = {**score(out, args.data), "wall_s": wall}
