@@ -137,12 +137,30 @@ def test_augmenter_keeps_shapes_padding_and_is_seeded():
     x[1, 30:] = 0
     x[2, 10:] = 0
     x[3, 5:] = 0
-    a = augment(x, lengths, torch.Generator().manual_seed(0))
-    b = augment(x, lengths, torch.Generator().manual_seed(0))
+    a, a_lengths = augment(x, lengths, torch.Generator().manual_seed(0))
+    b, b_lengths = augment(x, lengths, torch.Generator().manual_seed(0))
     assert torch.equal(a, b) and a.shape == x.shape and torch.isfinite(a).all()
+    assert torch.equal(a_lengths, lengths) and torch.equal(b_lengths, lengths)  # short_prob 0: lengths kept
     assert (a[1, 30:] == 0).all() and (a[3, 5:] == 0).all()
     # band-limited: filters wholly above 4 kHz are empty
     assert (a[:, :5, -5:] < -15).all()
+
+
+def test_augmenter_shortens_crops_to_lengths_between_short_frames_and_their_own():
+    config = AugmentConfig(bandlimit_prob=0, noise_prob=0, freq_masks=0, time_masks=0, short_prob=1.0, short_frames=30)
+    x = torch.randn(400, 120, 40) - 3
+    lengths = torch.tensor([120, 100, 31, 20] * 100)
+    x[torch.arange(120)[None, :] >= lengths[:, None]] = 0
+    y, short = Augmenter(config, FeatureConfig())(x, lengths, torch.Generator().manual_seed(0))
+    assert (short <= lengths).all() and (short >= lengths.clamp(max=30)).all()
+    assert (short[3::4] == 20).all()  # a crop already shorter than short_frames stays whole
+    assert short[0::4].min() == 30 and short[0::4].max() > 110  # the whole range is drawn
+    kept = torch.arange(120)[None, :] < short[:, None]
+    assert (y[~kept] == 0).all()  # cut and padded with zeros,
+    torch.testing.assert_close(y[kept], x[kept])  # otherwise untouched (but for rounding through the power domain)
+    some = AugmentConfig(bandlimit_prob=0, noise_prob=0, freq_masks=0, time_masks=0, short_prob=0.3)
+    _, short = Augmenter(some, FeatureConfig())(x, lengths, torch.Generator().manual_seed(0))
+    assert 0.2 < (short < lengths)[0::4].float().mean() < 0.4
 
 
 def test_default_recipe_names_the_shipped_model():

@@ -77,7 +77,7 @@ def train_step(model, network, batch, augment, generator, optimizer, scheduler, 
     """One optimisation step on a (features, lengths, labels) batch -> loss and correct count (tensors, no sync).
     `context` wraps the forward pass (default: the autocast of the config's precision on `device`)."""
     features, lengths, labels = (t.to(device, non_blocking=True) for t in batch)
-    features = augment(features, lengths, generator)
+    features, lengths = augment(features, lengths, generator)
     with context if context is not None else autocast(device, config.precision):
         logits = network(features, lengths, labels)
         loss = F.cross_entropy(logits.float(), labels)
