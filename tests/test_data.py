@@ -13,7 +13,7 @@ from training.augment import AugmentConfig, Augmenter
 from training.config import TrainConfig, override
 from training.data import (DataError, FeatureBank, Utterance, load_features, read_labelled, read_speakers,
                            read_test, sampling_weights, split_utterances, stratified_split)
-from training.prepare import find_clips, main as prepare_main, prepare, utterance_name
+from training.prepare import find_clips, link_view, main as prepare_main, prepare, utterance_name
 from tests.conftest import voiced
 
 
@@ -93,6 +93,25 @@ def test_prepare_layout_from_an_audio_folder(tmp_path):
     assert lines[0] == "Id,Category" and len(lines) == 4
     assert find_clips(audio, exclude=["corpus/*"]) == {"carl": [f"carl/{n}" for n in
                                                                 ["0.wav", "1.wav", "2.wav", "3.wav", "4.wav", "broken.wav", "quiet.flac"]]}
+
+
+def test_a_view_keeps_the_chosen_speakers_and_every_held_out_clip(tmp_path):
+    """bench.many_speakers trains each row on a view of the prepared data, such as the speakers with 3 clips or more."""
+    (tmp_path / "a").mkdir()
+    for speaker, clips in [("src/one", 1), ("src/three", 3), ("src/tested", 2)]:
+        (tmp_path / "a" / speaker).mkdir(parents=True)
+        for i in range(clips):
+            sf.write(tmp_path / "a" / speaker / f"{i}.wav", voiced(0.5, seed=i), 16000)
+    (tmp_path / "test.txt").write_text("src/tested/0.wav\n")
+    source = tmp_path / "data"
+    prepare_main([str(tmp_path / "a"), str(source), "--test-list", str(tmp_path / "test.txt"), "--workers", "1",
+                  "--quiet"])
+    view = link_view(source, tmp_path / "view", lambda speaker, n_clips: n_clips >= 3)
+    speakers = read_speakers(view)
+    assert speakers == ["src/tested", "src/three"]  # "one" has too few clips; "tested" keeps its held-out clip
+    assert sorted(speakers[u.speaker] for u in read_labelled(view, speakers)) == ["src/tested"] + ["src/three"] * 3
+    assert [speakers[u.speaker] for u in read_test(view, speakers)] == ["src/tested"]
+    assert all((view / u.path).resolve().parent == source.resolve() for u in read_labelled(view, speakers))
 
 
 def test_prepare_several_folders_a_test_list_exclusions_and_speed_copies(tmp_path):
