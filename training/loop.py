@@ -93,7 +93,10 @@ def train_step(model, network, batch, augment, generator, optimizer, scheduler, 
 
 @torch.no_grad()
 def evaluate(model: SpeakerModel, bank: FeatureBank, device, max_frames: int, precision: str = "bf16") -> dict:
-    """Loss (without margin), top-1 and top-5 accuracy on full utterances."""
+    """Loss (without margin), top-1 and top-5 accuracy on full utterances; None for an empty bank
+    (`valid_fraction` 0: no validation split)."""
+    if not len(bank):
+        return {"valid_loss": None, "valid_top1": None, "valid_top5": None}
     was_training = model.training
     model.eval()
     total = {"loss": 0.0, "top1": 0, "top5": 0}
@@ -106,7 +109,7 @@ def evaluate(model: SpeakerModel, bank: FeatureBank, device, max_frames: int, pr
         total["top1"] += (top[:, 0] == labels).sum().item()
         total["top5"] += (top == labels[:, None]).any(-1).sum().item()
     model.train(was_training)
-    n = max(1, len(bank))
+    n = len(bank)
     return {"valid_loss": total["loss"] / n, "valid_top1": total["top1"] / n, "valid_top5": total["top5"] / n}
 
 
@@ -157,14 +160,16 @@ class Run:
 def validate_and_save(run: Run, model, optimizer, scheduler, valid_bank, device, window: dict) -> dict:
     """Rank 0: validate, log a metrics row, write best.pt when it is at least as good as before and
     last.pt always. A tie goes to the later step: the same validation accuracy after more updates at
-    a lower learning rate (a small validation split ties often)."""
+    a lower learning rate (a small validation split ties often). Without a validation split, best.pt
+    is the latest step."""
     metrics = {"step": run.step, "train_loss": window["loss"], "train_acc": window["acc"],
                **evaluate(model, valid_bank, device, run.config.valid_max_frames, run.config.precision),
                "lr": scheduler.get_last_lr()[0], "steps_per_s": window["steps_per_s"],
                "elapsed_s": window["elapsed_s"]}
     append_metrics(run.out / "metrics.csv", metrics)
-    if metrics["valid_top1"] >= run.best:
-        run.best = metrics["valid_top1"]
+    top1 = metrics["valid_top1"]
+    if top1 is None or top1 >= run.best:
+        run.best = run.best if top1 is None else top1
         save_checkpoint(run.checkpoint(model, metrics), run.out / "best.pt")
     state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "best_top1": run.best}
     save_checkpoint(run.checkpoint(model, metrics, state), run.out / "last.pt", keep_previous=True)
@@ -205,7 +210,8 @@ def fit(run: Run, model: SpeakerModel, network, optimizer, scheduler, batches, a
                   "steps_per_s": window_steps / (time.time() - window_start), "elapsed_s": time.time() - started}
         if env.main:
             metrics = validate_and_save(run, model, optimizer, scheduler, valid_bank, device, window)
-            bar.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
+            bar.write(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                               for k, v in metrics.items() if v is not None))
         env.wait()
         window_loss.zero_()
         window_correct.zero_()

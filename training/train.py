@@ -7,7 +7,8 @@
 
 Writes RUN_DIR/config.json, RUN_DIR/metrics.csv (one row per validation),
 RUN_DIR/last.pt (with optimizer, scheduler and step) and RUN_DIR/best.pt (the
-weights with the best validation accuracy, the latest of ties).
+weights with the best validation accuracy, the latest of ties; with valid_fraction
+0 there is no validation and best.pt is the last step).
 
 The batches, crops and augmentation of step s depend only on (seed, s): every
 process draws the same global batch and trains on its equal slice, so N
@@ -235,7 +236,8 @@ def main(argv=None) -> int:
     augment = Augmenter(config.augment, features, env.rank, env.world)
     fit(run, model, network, optimizer, scheduler, batches, augment, valid_bank, env, progress)
     if env.main:
-        print(f"done: {run.step} steps, best valid top-1 {run.best:.4f}; checkpoints in {args.out}")
+        best = f"best valid top-1 {run.best:.4f}" if valid else "no validation split: best.pt is the last step"
+        print(f"done: {run.step} steps, {best}; checkpoints in {args.out}")
     env.close()
     return 0
 
