@@ -169,7 +169,8 @@ def validate_and_save(run: Run, model, optimizer, scheduler, valid_bank, device,
     append_metrics(run.out / "metrics.csv", metrics)
     top1 = metrics["valid_top1"]
     if top1 is None or top1 >= run.best:
-        run.best = run.best if top1 is None else top1
+        if top1 is not None:
+            run.best = top1
         save_checkpoint(run.checkpoint(model, metrics), run.out / "best.pt")
     state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "best_top1": run.best}
     save_checkpoint(run.checkpoint(model, metrics, state), run.out / "last.pt", keep_previous=True)
