@@ -218,7 +218,7 @@ class Handlers:
         if not first or not second:
             raise InputError("give two clips: upload or record one on each side")
         result = self.recognizer.verify(first, second)
-        return describe.verification(result, self.recognizer), round(result.score, 4)
+        return describe.verification(result, self.recognizer), float(result.score)  # unrounded: the verdict rounds it
 
 
 def read_examples() -> list[dict]:
