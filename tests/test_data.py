@@ -280,6 +280,33 @@ def test_known_only_keeps_the_known_speakers_head_rows_by_name():
     assert torch.allclose(model(features, lengths), expected, atol=1e-6)
 
 
+def test_wise_ft_interpolates_the_weights_and_keeps_the_counters():
+    from training.default_model import interpolated
+    from tests.helpers import tiny
+
+    before, after = tiny(seed=0), tiny(seed=1)
+    after.state_dict["stepped"] = torch.tensor(7)  # an integer buffer, as BatchNorm's num_batches_tracked
+    before.state_dict["stepped"] = torch.tensor(2)
+    mixed = interpolated(before, after, 0.25)
+    for name, value in mixed.state_dict.items():
+        if value.is_floating_point():
+            assert torch.allclose(value, 0.75 * before.state_dict[name] + 0.25 * after.state_dict[name]), name
+    assert mixed.state_dict["stepped"].item() == 7 and mixed.info["wise_ft"] == 0.25
+    assert all(torch.equal(v, after.state_dict[k]) for k, v in interpolated(before, after, 1.0).state_dict.items())
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        interpolated(before, after, 1.5)
+    with pytest.raises(ValueError, match="same classes"):
+        interpolated(tiny(speakers=("a", "b")), after, 0.5)
+
+
+def test_default_model_refuses_a_share_of_fine_tuning_outside_0_to_1(tmp_path, capsys):
+    from training.default_model import main
+
+    with pytest.raises(SystemExit):
+        main(["--corpus", str(tmp_path), "--work", str(tmp_path / "work"), "--wise-ft", "1.5"])
+    assert "between 0 and 1" in capsys.readouterr().err and not (tmp_path / "work").exists()
+
+
 def test_default_model_records_carry_no_absolute_path(tmp_path):
     from training.default_model import ROOT, portable
 

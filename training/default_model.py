@@ -30,7 +30,11 @@ trains twice as fast on a 2-core CPU (WORK/data is what step 1 prepares):
         --config training/configs/default-finetune.json --init WORK/run/best.pt
 
 `--no-fine-tune` skips the fine-tuning of step 3 and writes its own calibrated-no-fine-tune.pt
-and report-no-fine-tune.json beside the others, for comparing the two.
+and report-no-fine-tune.json beside the others, for comparing the two. `--wise-ft A` keeps only
+the share A of the fine-tuning's weight change (WiSE-FT, Wortsman et al. 2022: the weights
+interpolated between the two trainings; measured not to help, bench/RESULTS.md) and writes
+calibrated-wise-ft-A.pt and so on. `--seed` trains both steps with another seed (which also
+draws another validation split: give it a --work of its own).
 """
 
 from __future__ import annotations
@@ -115,6 +119,18 @@ def known_only(checkpoint: Checkpoint, known: list[str]) -> Checkpoint:
     return replace(checkpoint, speakers=list(known), state_dict=state, info=dict(checkpoint.info))
 
 
+def interpolated(before: Checkpoint, after: Checkpoint, alpha: float) -> Checkpoint:
+    """`after` with its floating-point weights at (1 - alpha) * before + alpha * after (WiSE-FT);
+    counters such as BatchNorm's num_batches_tracked are after's."""
+    if not 0 <= alpha <= 1:
+        raise ValueError(f"the share of fine-tuning kept is between 0 and 1, got {alpha}")
+    if before.state_dict.keys() != after.state_dict.keys() or before.speakers != after.speakers:
+        raise ValueError("WiSE-FT needs two checkpoints of one architecture with the same classes")
+    state = {key: torch.lerp(before.state_dict[key], value, alpha) if value.is_floating_point() else value
+             for key, value in after.state_dict.items()}
+    return replace(after, state_dict=state, info={**after.info, "wise_ft": alpha})
+
+
 def with_cohort(checkpoint: Checkpoint, data: Path, train: list[Utterance], speakers: list[str],
                 known: list[str]) -> Checkpoint:
     """The checkpoint with a cohort: the unit mean embedding of each other training speaker (its first
@@ -194,13 +210,19 @@ def main(argv=None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="passed to training.train")
     parser.add_argument("--no-fine-tune", dest="fine_tune", action="store_false",
                         help="skip step 3: keep the many-speaker model, its 31 speakers' head rows as their classes")
+    parser.add_argument("--wise-ft", type=float, default=1.0, metavar="A",
+                        help="keep the share A (0 to 1) of the fine-tuning's weight change (default 1: all)")
+    parser.add_argument("--seed", type=int, help="seed of both trainings (default: the configs' 0)")
     args = parser.parse_args(argv)
+    if not 0 <= args.wise_ft <= 1:
+        parser.error(f"--wise-ft is between 0 and 1, got {args.wise_ft}")
     started = time.time()
     known = sorted(find_clips(args.speech))
 
     data = prepared(args.speech, args.corpus, args.work / "data", SPEEDS)
+    seeded = ["--seed", str(args.seed)] if args.seed is not None else []
     settings = [a for s in args.set for a in ("--set", s)]
-    best = trained(data, args.work / "run", RECIPE, ["--no-progress", *settings])
+    best = trained(data, args.work / "run", RECIPE, ["--no-progress", *settings, *seeded])
     trained_model = load_checkpoint(best)
     config = from_dict(TrainConfig, trained_model.info["train_config"])
     speakers = read_speakers(data)
@@ -208,12 +230,15 @@ def main(argv=None) -> int:
     final = trained_model
     if args.fine_tune:
         tuning = from_dict(TrainConfig, read_config_file(FINE_TUNE))
+        tuning = tuning if args.seed is None else replace(tuning, seed=args.seed)
         if (tuning.valid_fraction, tuning.seed) != (config.valid_fraction, config.seed):
             raise SystemExit(f"error: {FINE_TUNE} must keep step 2's validation split (valid_fraction, seed): "
                              "the known speakers' validation clips calibrate the decisions and must stay unseen")
-        final = load_checkpoint(trained(data, args.work / "run-tuned", FINE_TUNE, ["--no-progress", "--init", str(best)]))
+        tuned = load_checkpoint(trained(data, args.work / "run-tuned", FINE_TUNE,
+                                        ["--no-progress", *seeded, "--init", str(best)]))
+        final = interpolated(trained_model, tuned, args.wise_ft)
     final = known_only(final, known)
-    suffix = "" if args.fine_tune else "-no-fine-tune"
+    suffix = ("-no-fine-tune" if not args.fine_tune else "" if args.wise_ft == 1 else f"-wise-ft-{args.wise_ft:g}")
     calibrated, exported = args.work / f"calibrated{suffix}.pt", args.work / f"exported{suffix}.pt"
     if not calibrated.exists():
         save_checkpoint(with_cohort(final, data, train_clips, speakers, known), exported)
@@ -230,6 +255,7 @@ def main(argv=None) -> int:
             "sources": {name: about for name, about in SOURCES.items()},
             "classes": counts["speakers"],
             "speed_copies": SPEEDS,
+            "fine_tuning_kept": args.wise_ft if args.fine_tune else 0.0,
             "held_out": f"{TEST_FRACTION:.0%} of each of the 31 speakers' clips, seed {SEED}; every development "
                         f"speaker of {DEV_SPEAKERS.relative_to(ROOT)} (LibriSpeech whole)",
             "command": "python -m training.default_model --speech ../shared/speech --corpus CORPUS",
