@@ -361,7 +361,10 @@ def test_examples_come_from_their_clips(speech_dir):
         clip = speech_dir / row["clip"]
         if row["file"].endswith(".pt"):
             made = features_from_file(clip, FeatureConfig())
-            assert torch.equal(torch.load(EXAMPLES / row["file"], weights_only=True), made)
+            stored = torch.load(EXAMPLES / row["file"], weights_only=True)
+            # Not bit-exact: log-mel values near the floor (mel power about 1e-9, log -20) differ by up
+            # to 0.02 between CPUs, whose FFTs round differently (AVX2 on AMD EPYC, AVX-512 on Xeon).
+            assert stored.shape == made.shape and torch.allclose(stored, made, rtol=0, atol=0.05)
         else:
             assert (EXAMPLES / row["file"]).read_bytes() == clip.read_bytes()
 
