@@ -249,6 +249,8 @@ def main(argv=None) -> int:
     test = evaluate(calibrated, data=data, progress=False)
     new = new_speakers(calibrated, args.corpus, args.work / f"new_speakers{suffix}.json")
     checkpoint = load_checkpoint(calibrated)
+    options = ([] if args.fine_tune else ["--no-fine-tune"]) + settings + seeded \
+        + ([f"--wise-ft {args.wise_ft:g}"] if args.wise_ft != 1 else [])
     counts = {"speakers": len(trained_model.speakers), "clips": trained_model.info.get("n_train")}  # of step 2
     checkpoint.info.update({
         "training_data": {
@@ -258,7 +260,8 @@ def main(argv=None) -> int:
             "fine_tuning_kept": args.wise_ft if args.fine_tune else 0.0,
             "held_out": f"{TEST_FRACTION:.0%} of each of the 31 speakers' clips, seed {SEED}; every development "
                         f"speaker of {DEV_SPEAKERS.relative_to(ROOT)} (LibriSpeech whole)",
-            "command": "python -m training.default_model --speech ../shared/speech --corpus CORPUS",
+            "command": " ".join(["python -m training.default_model --speech ../shared/speech --corpus CORPUS",
+                                 *options]),
             "held_out_clips": held_out_clips(args.speech),
         },
         "evaluation": test,
