@@ -238,7 +238,7 @@ def main(argv=None) -> int:
                                         ["--no-progress", *seeded, "--init", str(best)]))
         final = interpolated(trained_model, tuned, args.wise_ft)
     final = known_only(final, known)
-    suffix = ("-no-fine-tune" if not args.fine_tune else "" if args.wise_ft == 1 else f"-wise-ft-{args.wise_ft:g}")
+    suffix = "-no-fine-tune" if not args.fine_tune else f"-wise-ft-{args.wise_ft:g}" if args.wise_ft != 1 else ""
     calibrated, exported = args.work / f"calibrated{suffix}.pt", args.work / f"exported{suffix}.pt"
     if not calibrated.exists():
         save_checkpoint(with_cohort(final, data, train_clips, speakers, known), exported)
@@ -257,7 +257,6 @@ def main(argv=None) -> int:
             "sources": {name: about for name, about in SOURCES.items()},
             "classes": counts["speakers"],
             "speed_copies": SPEEDS,
-            "fine_tuning_kept": args.wise_ft if args.fine_tune else 0.0,
             "held_out": f"{TEST_FRACTION:.0%} of each of the 31 speakers' clips, seed {SEED}; every development "
                         f"speaker of {DEV_SPEAKERS.relative_to(ROOT)} (LibriSpeech whole)",
             "command": " ".join(["python -m training.default_model --speech ../shared/speech --corpus CORPUS",
