@@ -8,7 +8,8 @@ command line (`python -m training.train`, with `--model baseline` or
 `--model ecapa`): same features, crops, augmentation, optimizer, schedule and
 batch (the defaults of `training.train`, except `common.short_budget`: a tenth
 of the steps as warm-up rather than 300, so that short budgets still decay the
-learning rate, and 2-s crops, as every table here was measured).
+learning rate, and 2-s crops, lr 2e-3 and a tenth of the clips held out for
+validation, as every table here was measured).
 Two budgets: equal steps (N each), and equal wall time: ECAPA-TDNN's N-step
 training time, which our Conformer fills with N x (ECAPA's time / ours at N
 steps) steps. Each run's best.pt is scored on the held-out clips with
