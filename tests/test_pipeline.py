@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from tests.conftest import ROOT
+from training.config import TrainConfig
 
 SPEAKERS = ["vcc2016/SF1", "vcc2016/SM1", "vcc2016/TF1", "vcc2016/TM1", "fsdd/george"]
 SMALL = ["model.d_model=64", "model.n_heads=4", "model.n_layers=2", "model.ff_dim=128", "model.emb_dim=64",
@@ -102,7 +103,8 @@ def test_clear_errors_for_misuse(prepared, trained, tmp_path):
     assert result.returncode != 0 and "--resume" in result.stderr
     resume = [sys.executable, "-m", "training.train", "--data", str(prepared), "--out", str(trained), "--resume"]
     result = subprocess.run(resume + ["--set", "lr=0.01", "--batch-size", "16"], cwd=ROOT, capture_output=True, text=True)
-    assert result.returncode != 0 and "lr: run has 0.002, flags say 0.01" in result.stderr and "batch_size" in result.stderr
+    expected = f"lr: run has {TrainConfig().lr}, flags say 0.01"
+    assert result.returncode != 0 and expected in result.stderr and "batch_size" in result.stderr
     result = subprocess.run(resume + ["--steps", "500"], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode != 0 and "add --extend" in result.stderr  # a longer run is said, not implied
     result = subprocess.run([sys.executable, "-m", "training.evaluate", "--checkpoint", str(tmp_path / "none.pt"),
