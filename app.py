@@ -138,7 +138,7 @@ class Handlers:
         return describe.top_speakers(result), describe.verdict(result, recognizer), explanation
 
     def plots(self, explanation: Explanation | None, layer: int = 1, head: int = 0):
-        """-> features plot, attention plot: drawn after the answer, from the same pass."""
+        """-> features plot, attention plot: drawn after the answer, from its explanation."""
         if explanation is None:
             return None, None
         return self.features_plot(explanation), self.show_attention(explanation, layer, head)

@@ -128,6 +128,8 @@ def _training_data(info: dict) -> list[str]:
         lines.append(f"- Held out from training: {data['held_out']}")
     if data.get("command"):
         lines.append(f"- Made by: `{data['command']}`")
+    if data.get("recalibrated"):
+        lines.append(f"- Made again: {data['recalibrated']}")
     return lines
 
 
@@ -161,6 +163,8 @@ def model_summary(recognizer: Recognizer, path: str | Path) -> str:
         f"- Checkpoint: `{path}` (training step {checkpoint.step})",
         f"- {kind}: {model.n_layers} layers × {model.n_heads} attention heads, width {model.d_model}, "
         f"{model.emb_dim}-dim embedding; AM-softmax s={model.scale:g}, m={model.margin:g}",
+        *([f"- Embedding windows: a clip longer than {model.window_frames * features.frame_seconds:g} s is embedded as "
+           "the mean of half-overlapping windows of that length"] if model.window_frames else []),
         f"- Features: {features.n_mels} log-mel bins every {features.frame_seconds * 1000:g} ms at "
         f"{features.sample_rate} Hz, silence removed",
         *_training_data(checkpoint.info),

@@ -1,10 +1,13 @@
-"""Batched inference on whole utterances: logits and unit embeddings, and what the model looked at.
+"""Batched inference on utterances: logits and unit embeddings, and what the model looked at.
 
-Long utterances are cut into chunks of at most `chunk_frames` (attention cost
-grows with the square of the length); a chunked utterance's embedding is the
-length-weighted mean of its chunks' embeddings. `infer_explained` gives the same
-answer plus each utterance's attention maps and pooling weights, from the same
-forward pass when the utterance fits one chunk.
+A model whose config sets `window_frames` embeds an utterance longer than that
+in half-overlapping windows of that length (the last one flush with the end):
+the crop length it was trained on, where its embeddings are most alike from
+clip to clip. Other models take the utterance whole, cut only into chunks of at
+most `chunk_frames` (attention cost grows with the square of the length). Either
+way the embedding is the length-weighted mean of its pieces' embeddings.
+`infer_explained` gives the same answer plus each utterance's attention maps and
+pooling weights, from the same forward pass when the utterance is one piece.
 """
 
 from __future__ import annotations
@@ -41,6 +44,22 @@ def chunk(features: torch.Tensor, chunk_frames: int = CHUNK_FRAMES) -> list[torc
     return list(torch.tensor_split(features, pieces)) if pieces > 1 else [features]
 
 
+def windows(features: torch.Tensor, window_frames: int) -> list[torch.Tensor]:
+    """(T, F) -> windows of window_frames, each starting half a window after the last, the last one
+    ending with the utterance; a (T, F) no longer than a window is its only piece."""
+    if len(features) <= window_frames:
+        return [features]
+    hop = max(1, window_frames // 2)
+    starts = [*range(0, len(features) - window_frames, hop), len(features) - window_frames]
+    return [features[start: start + window_frames] for start in starts]
+
+
+def pieces_of(model, features: torch.Tensor, chunk_frames: int = CHUNK_FRAMES) -> list[torch.Tensor]:
+    """What the model embeds of one utterance: its windows when its config sets window_frames, else chunks."""
+    window_frames = model.config.window_frames
+    return windows(features, window_frames) if window_frames else chunk(features, chunk_frames)
+
+
 def length_batches(lengths: list[int], max_frames: int) -> list[list[int]]:
     """Indices grouped by similar length so that padded batches hold at most ~max_frames frames."""
     order = sorted(range(len(lengths)), key=lengths.__getitem__)
@@ -62,7 +81,7 @@ def infer(model: SpeakerModel, utterances: list[torch.Tensor], max_frames: int =
     model.eval()
     pieces, owner = [], []
     for i, features in enumerate(utterances):
-        for piece in chunk(features, chunk_frames):
+        for piece in pieces_of(model, features, chunk_frames):
             pieces.append(piece)
             owner.append(i)
     lengths = [len(p) for p in pieces]
@@ -86,18 +105,19 @@ def infer_explained(model: SpeakerModel, utterances: list[torch.Tensor], explain
     """infer()'s logits and embeddings, and each utterance's attention maps and pooling weights over
     its first `explain_frames` frames.
 
-    An utterance that fits one chunk runs once, through `forward_intermediates`: its answer is
-    infer()'s (one chunk: the chunk's own logits and embedding) and its explanation comes from the
-    same pass, cropped to the first frames. A longer one gets infer()'s chunked answer, and a
-    second, short pass over its first frames for the explanation.
+    An utterance that is one piece (see `pieces_of`) runs once, through `forward_intermediates`: its
+    answer is infer()'s (its own logits and embedding) and its explanation comes from the same pass,
+    cropped to the first frames. A longer one gets infer()'s answer from its pieces, and a second,
+    short pass over its first frames for the explanation.
     """
     if not utterances:
         raise ValueError("no utterances to score")
     model.eval()
     count = len(utterances)
     logits, embeddings, insides = [None] * count, [None] * count, [None] * count
-    short = [i for i, u in enumerate(utterances) if len(u) <= chunk_frames]
-    long = [i for i, u in enumerate(utterances) if len(u) > chunk_frames]
+    whole = [len(pieces_of(model, u, chunk_frames)) == 1 for u in utterances]
+    short = [i for i in range(count) if whole[i]]
+    long = [i for i in range(count) if not whole[i]]
     for batch in length_batches([len(utterances[i]) for i in short], max_frames):
         items = [short[j] for j in batch]
         padded = torch.nn.utils.rnn.pad_sequence([utterances[i].float() for i in items], batch_first=True)

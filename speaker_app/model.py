@@ -391,6 +391,9 @@ class ModelConfig:
     head: str = "am"
     scale: float = 30.0  # s
     margin: float = 0.2  # m
+    # inference only: embed an utterance longer than this many frames as the mean of half-overlapping windows of
+    # it (speaker_app.inference); 0: whole. The default model sets its training crop (training.default_model)
+    window_frames: int = 0
 
     def __post_init__(self):
         if self.kind not in MODELS:
@@ -405,6 +408,8 @@ class ModelConfig:
             raise ValueError(f"subsample must be 1, 2, 4 or 8 (conv2d: at most 4), got {self.subsample}")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.window_frames < 0:
+            raise ValueError(f"window_frames must be 0 (whole utterances) or more, got {self.window_frames}")
 
     def to_dict(self) -> dict:
         return asdict(self)

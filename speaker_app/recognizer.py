@@ -102,10 +102,13 @@ class Verification:
 
 
 def fingerprint(checkpoint: Checkpoint) -> str:
+    """Which embeddings a model makes: its weights, and its embedding windows when it has them."""
     digest = hashlib.sha256()
     for name, tensor in sorted(checkpoint.state_dict.items()):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    if checkpoint.model_config.window_frames:
+        digest.update(f"window_frames={checkpoint.model_config.window_frames}".encode())
     return digest.hexdigest()[:16]
 
 
@@ -284,7 +287,8 @@ class Recognizer:
         return self._identify(source, top_k, explain=False)[0]
 
     def identify_explained(self, source, top_k: int = 5) -> tuple[Identification, Explanation]:
-        """The identification and what the model looked at, from one forward pass (see infer_explained)."""
+        """The identification and what the model looked at; one forward pass when the input is one piece (see
+        infer_explained)."""
         return self._identify(source, top_k, explain=True)
 
     def explain(self, source) -> Explanation:

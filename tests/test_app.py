@@ -270,6 +270,8 @@ def test_model_summary_names_checkpoint_and_speakers(trained, default_checkpoint
     assert str(default_checkpoint) in summary and f"The model's {len(trained.speakers)} speakers" in summary
     assert all(speaker.rpartition("/")[2] in summary for speaker in trained.speakers)
     assert "- **asterisk**: allison, carlo" in summary
+    assert ("- Embedding windows: a clip longer than 1.2 s is embedded as the mean of half-overlapping windows of "
+            "that length") in summary.splitlines()
 
 
 def test_model_summary_reports_data_accuracy_and_calibration(untrained):

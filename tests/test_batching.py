@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from speaker_app.batching import Batcher
-from speaker_app.inference import CHUNK_FRAMES, EXPLAIN_FRAMES, infer, infer_explained
+from speaker_app.inference import CHUNK_FRAMES, EXPLAIN_FRAMES, infer, infer_explained, windows
 from speaker_app.model import ModelConfig, build_model
 from tests.helpers import run_together
 
@@ -63,11 +63,12 @@ def test_concurrent_callers_all_get_answers():
     assert run_together([lambda i=i: batcher(i) for i in range(20)]) == list(range(1, 21))
 
 
-@pytest.mark.parametrize("kind", ["conformer", "baseline"])
+@pytest.mark.parametrize("kind", ["conformer", "windowed", "baseline"])
 def test_the_explained_answer_is_infers(kind):
     torch.manual_seed(0)
     config = ModelConfig(d_model=32, n_heads=2, n_layers=2, ff_dim=64, emb_dim=16) if kind == "conformer" \
-        else ModelConfig.baseline()
+        else ModelConfig(d_model=32, n_heads=2, n_layers=2, ff_dim=64, emb_dim=16, window_frames=150) \
+        if kind == "windowed" else ModelConfig.baseline()
     model = build_model(config, 5).eval()
     utterances = [torch.randn(n, 40) for n in (120, 1700, CHUNK_FRAMES + 500, 37)]  # one is chunked
     plain = infer(model, utterances)
@@ -81,6 +82,31 @@ def test_the_explained_answer_is_infers(kind):
         shown = -(-frames // step)
         assert inside.frames == frames and inside.pooling.shape == (shown,)
         assert all(maps.shape == (config.n_heads, shown, shown) for maps in inside.attention)
-        assert len(inside.attention) == (config.n_layers if kind == "conformer" else 1)
+        assert len(inside.attention) == (1 if kind == "baseline" else config.n_layers)
     short = insides[0]  # fits one chunk and the explanation: its weights are the answer's own
     assert torch.allclose(short.pooling.sum(), torch.tensor(1.0), atol=1e-5)
+
+
+def test_windows_overlap_by_half_and_end_with_the_utterance():
+    features = torch.arange(250.0)[:, None].expand(250, 40)
+    pieces = windows(features, 100)
+    assert [int(p[0, 0]) for p in pieces] == [0, 50, 100, 150] and all(len(p) == 100 for p in pieces)
+    assert int(pieces[-1][-1, 0]) == 249
+    assert [len(p) for p in windows(features[:100], 100)] == [100]  # no longer than a window: whole
+    assert [int(p[0, 0]) for p in windows(features[:101], 100)] == [0, 1]
+
+
+def test_a_windowed_model_embeds_the_mean_of_its_windows():
+    torch.manual_seed(0)
+    config = ModelConfig(d_model=32, n_heads=2, n_layers=2, ff_dim=64, emb_dim=16, window_frames=100)
+    model = build_model(config, 5).eval()
+    utterance = torch.randn(260, 40)
+    with torch.no_grad():
+        pieces = torch.stack(windows(utterance, 100))
+        expected = torch.nn.functional.normalize(model.embed(pieces, torch.full((len(pieces),), 100)).mean(0), dim=0)
+    assert torch.allclose(infer(model, [utterance]).embeddings[0], expected, atol=1e-5)
+    whole = build_model(ModelConfig(d_model=32, n_heads=2, n_layers=2, ff_dim=64, emb_dim=16), 5).eval()
+    whole.load_state_dict(model.state_dict())
+    assert not torch.allclose(infer(whole, [utterance]).embeddings[0], expected, atol=1e-3)
+    with pytest.raises(ValueError, match="window_frames"):
+        ModelConfig(window_frames=-1)

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -189,8 +190,10 @@ def test_default_recipe_names_the_shipped_model():
 
     root = Path(__file__).parents[1]
     recipe = from_dict(TrainConfig, read_config_file(root / "training" / "configs" / "default.json"))
-    # Rerunning the recipe (training.default_model) builds the architecture of checkpoints/default.pt.
-    assert recipe.model == load_checkpoint(root / "checkpoints" / "default.pt").model_config
+    # Rerunning the recipe (training.default_model) builds the architecture of checkpoints/default.pt,
+    # embedding in windows of the recipe's crops.
+    windowed = dataclasses.replace(recipe.model, window_frames=recipe.segment_frames)
+    assert windowed == load_checkpoint(root / "checkpoints" / "default.pt").model_config
 
 
 def test_config_overrides():
@@ -315,3 +318,24 @@ def test_default_model_records_carry_no_absolute_path(tmp_path):
               "made": {"command": f"calibrate --audio-dir {corpus} --speakers {ROOT}/bench/dev_speakers.txt"}, "n": [3]}
     assert portable(record, corpus) == {"dev": "bench/dev_speakers.txt split calibration", "n": [3],
                                         "made": {"command": "calibrate --audio-dir CORPUS --speakers bench/dev_speakers.txt"}}
+
+
+def test_default_model_recalibrates_a_trained_model_as_it_is(tmp_path, capsys):
+    from training.default_model import main
+
+    with pytest.raises(SystemExit):
+        main(["--corpus", str(tmp_path), "--work", str(tmp_path / "work"), "--recalibrate", "x.pt", "--seed", "1"])
+    assert "as it is" in capsys.readouterr().err and not (tmp_path / "work").exists()
+
+
+def test_the_default_model_embeds_in_windows_of_its_training_crop_and_says_so_in_its_fingerprint():
+    from speaker_app.recognizer import fingerprint
+    from training.default_model import windowed
+    from tests.helpers import tiny
+
+    model = tiny()
+    framed = windowed(model, 120)
+    assert framed.model_config.window_frames == 120 and model.model_config.window_frames == 0
+    assert framed.build_model().config.window_frames == 120
+    assert all(torch.equal(framed.state_dict[k], v) for k, v in model.state_dict.items())
+    assert fingerprint(framed) != fingerprint(model) == fingerprint(windowed(model, 0))

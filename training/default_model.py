@@ -35,6 +35,12 @@ the share A of the fine-tuning's weight change (WiSE-FT, Wortsman et al. 2022: t
 interpolated between the two trainings; measured not to help, bench/RESULTS.md) and writes
 calibrated-wise-ft-A.pt and so on. `--seed` trains both steps with another seed (which also
 draws another validation split: give it a --work of its own).
+
+The model embeds clips longer than its training crop in half-overlapping windows of that crop
+(`ModelConfig.window_frames`, set in step 3; bench/RESULTS.md, "Embedding clips in windows").
+`--recalibrate CKPT` skips the trainings for a default model this command wrote earlier: its
+weights and classes are kept; its windows and cohort (the end of step 3), decisions (4) and
+evaluation (5) are made again (calibrated-recalibrated.pt and report-recalibrated.json in --work).
 """
 
 from __future__ import annotations
@@ -201,6 +207,32 @@ def portable(record, corpus: Path):
     return record
 
 
+def windowed(checkpoint: Checkpoint, frames: int) -> Checkpoint:
+    """The checkpoint embedding long utterances in half-overlapping windows of `frames` (speaker_app.inference)."""
+    return replace(checkpoint, model_config=replace(checkpoint.model_config, window_frames=frames))
+
+
+def trained_final(args, data: Path, known: list[str]) -> tuple[Checkpoint, TrainConfig, int]:
+    """Steps 2 and 3: the model with the 31 speakers as its only classes, the training config that holds
+    its validation split, and the number of speakers step 2 trained on."""
+    seeded = ["--seed", str(args.seed)] if args.seed is not None else []
+    settings = [a for s in args.set for a in ("--set", s)]
+    best = trained(data, args.work / "run", RECIPE, ["--no-progress", *settings, *seeded])
+    trained_model = load_checkpoint(best)
+    config = from_dict(TrainConfig, trained_model.info["train_config"])
+    final = trained_model
+    if args.fine_tune:
+        tuning = from_dict(TrainConfig, read_config_file(FINE_TUNE))
+        tuning = tuning if args.seed is None else replace(tuning, seed=args.seed)
+        if (tuning.valid_fraction, tuning.seed) != (config.valid_fraction, config.seed):
+            raise SystemExit(f"error: {FINE_TUNE} must keep step 2's validation split (valid_fraction, seed): "
+                             "the known speakers' validation clips calibrate the decisions and must stay unseen")
+        tuned = load_checkpoint(trained(data, args.work / "run-tuned", FINE_TUNE,
+                                        ["--no-progress", *seeded, "--init", str(best)]))
+        final = interpolated(trained_model, tuned, args.wise_ft)
+    return known_only(final, known), config, len(trained_model.speakers)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.default_model", description=__doc__.split("\n\n")[0])
     parser.add_argument("--speech", type=Path, default=Path("../shared/speech"))
@@ -213,32 +245,37 @@ def main(argv=None) -> int:
     parser.add_argument("--wise-ft", type=float, default=1.0, metavar="A",
                         help="keep the share A (0 to 1) of the fine-tuning's weight change (default 1: all)")
     parser.add_argument("--seed", type=int, help="seed of both trainings (default: the configs' 0)")
+    parser.add_argument("--recalibrate", type=Path, metavar="CKPT",
+                        help="skip the trainings: for CKPT, a default model this command wrote, make its embedding "
+                             "windows, cohort, decisions and evaluation again (its weights and classes kept)")
     args = parser.parse_args(argv)
     if not 0 <= args.wise_ft <= 1:
         parser.error(f"--wise-ft is between 0 and 1, got {args.wise_ft}")
+    if args.recalibrate and (args.set or args.seed is not None or not args.fine_tune or args.wise_ft != 1):
+        parser.error("--recalibrate takes a trained model as it is: no --set, --seed, --no-fine-tune or --wise-ft")
     started = time.time()
     known = sorted(find_clips(args.speech))
 
     data = prepared(args.speech, args.corpus, args.work / "data", SPEEDS)
-    seeded = ["--seed", str(args.seed)] if args.seed is not None else []
-    settings = [a for s in args.set for a in ("--set", s)]
-    best = trained(data, args.work / "run", RECIPE, ["--no-progress", *settings, *seeded])
-    trained_model = load_checkpoint(best)
-    config = from_dict(TrainConfig, trained_model.info["train_config"])
     speakers = read_speakers(data)
+    if args.recalibrate:
+        final = load_checkpoint(args.recalibrate)
+        if final.speakers != known or "training_data" not in final.info:
+            raise SystemExit(f"error: {args.recalibrate} is not a default model of these {len(known)} speakers")
+        config = from_dict(TrainConfig, final.info["train_config"])
+        classes, command = final.info["training_data"]["classes"], final.info["training_data"]["command"]
+        suffix = "-recalibrated"
+        for stale in (f"calibrated{suffix}.pt", f"new_speakers{suffix}.json"):  # of another CKPT, maybe
+            (args.work / stale).unlink(missing_ok=True)
+    else:
+        final, config, classes = trained_final(args, data, known)
+        options = ([] if args.fine_tune else ["--no-fine-tune"]) + [f"--set {s}" for s in args.set] \
+            + ([f"--seed {args.seed}"] if args.seed is not None else []) \
+            + ([f"--wise-ft {args.wise_ft:g}"] if args.wise_ft != 1 else [])
+        command = " ".join(["python -m training.default_model --speech ../shared/speech --corpus CORPUS", *options])
+        suffix = "-no-fine-tune" if not args.fine_tune else f"-wise-ft-{args.wise_ft:g}" if args.wise_ft != 1 else ""
+    final = windowed(final, config.segment_frames)
     train_clips, _ = split_utterances(read_labelled(data, speakers), config.valid_fraction, config.seed)
-    final = trained_model
-    if args.fine_tune:
-        tuning = from_dict(TrainConfig, read_config_file(FINE_TUNE))
-        tuning = tuning if args.seed is None else replace(tuning, seed=args.seed)
-        if (tuning.valid_fraction, tuning.seed) != (config.valid_fraction, config.seed):
-            raise SystemExit(f"error: {FINE_TUNE} must keep step 2's validation split (valid_fraction, seed): "
-                             "the known speakers' validation clips calibrate the decisions and must stay unseen")
-        tuned = load_checkpoint(trained(data, args.work / "run-tuned", FINE_TUNE,
-                                        ["--no-progress", *seeded, "--init", str(best)]))
-        final = interpolated(trained_model, tuned, args.wise_ft)
-    final = known_only(final, known)
-    suffix = "-no-fine-tune" if not args.fine_tune else f"-wise-ft-{args.wise_ft:g}" if args.wise_ft != 1 else ""
     calibrated, exported = args.work / f"calibrated{suffix}.pt", args.work / f"exported{suffix}.pt"
     if not calibrated.exists():
         save_checkpoint(with_cohort(final, data, train_clips, speakers, known), exported)
@@ -249,29 +286,30 @@ def main(argv=None) -> int:
     test = evaluate(calibrated, data=data, progress=False)
     new = new_speakers(calibrated, args.corpus, args.work / f"new_speakers{suffix}.json")
     checkpoint = load_checkpoint(calibrated)
-    options = ([] if args.fine_tune else ["--no-fine-tune"]) + settings + seeded \
-        + ([f"--wise-ft {args.wise_ft:g}"] if args.wise_ft != 1 else [])
-    counts = {"speakers": len(trained_model.speakers), "clips": trained_model.info.get("n_train")}  # of step 2
     checkpoint.info.update({
         "training_data": {
             "sources": {name: about for name, about in SOURCES.items()},
-            "classes": counts["speakers"],
+            "classes": classes,
             "speed_copies": SPEEDS,
             "held_out": f"{TEST_FRACTION:.0%} of each of the 31 speakers' clips, seed {SEED}; every development "
                         f"speaker of {DEV_SPEAKERS.relative_to(ROOT)} (LibriSpeech whole)",
-            "command": " ".join(["python -m training.default_model --speech ../shared/speech --corpus CORPUS",
-                                 *options]),
+            "command": command,
             "held_out_clips": held_out_clips(args.speech),
         },
         "evaluation": test,
         "new_speakers": new,
         "calibration": portable(checkpoint.info["calibration"], args.corpus),
     })
+    if args.recalibrate:
+        checkpoint.info["training_data"]["recalibrated"] = (
+            f"cohort and decisions made again for {checkpoint.model_config.window_frames}-frame embedding windows: "
+            "python -m training.default_model --speech ../shared/speech --corpus CORPUS --recalibrate CKPT")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(checkpoint, args.out)
     report = {k: checkpoint.info[k] for k in ("evaluation", "new_speakers", "calibration")}
-    report["training_time_s"] = sum(load_checkpoint(args.work / run / "last.pt").metrics.get("elapsed_s", 0)
-                                    for run in ("run", "run-tuned")[:2 if args.fine_tune else 1])
+    if not args.recalibrate:
+        report["training_time_s"] = sum(load_checkpoint(args.work / run / "last.pt").metrics.get("elapsed_s", 0)
+                                        for run in ("run", "run-tuned")[:2 if args.fine_tune else 1])
     report["total_time_s"] = time.time() - started
     (args.work / f"report{suffix}.json").write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
