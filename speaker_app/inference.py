@@ -115,9 +115,9 @@ def infer_explained(model: SpeakerModel, utterances: list[torch.Tensor], explain
     model.eval()
     count = len(utterances)
     logits, embeddings, insides = [None] * count, [None] * count, [None] * count
-    whole = [len(pieces_of(model, u, chunk_frames)) == 1 for u in utterances]
-    short = [i for i in range(count) if whole[i]]
-    long = [i for i in range(count) if not whole[i]]
+    piece_frames = model.config.window_frames or chunk_frames  # longer utterances are cut (pieces_of)
+    short = [i for i, u in enumerate(utterances) if len(u) <= piece_frames]
+    long = [i for i, u in enumerate(utterances) if len(u) > piece_frames]
     for batch in length_batches([len(utterances[i]) for i in short], max_frames):
         items = [short[j] for j in batch]
         padded = torch.nn.utils.rnn.pad_sequence([utterances[i].float() for i in items], batch_first=True)
