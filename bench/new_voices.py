@@ -14,6 +14,8 @@ set at the checkpoint's shipped decisions. Models: ours (--checkpoint: cosine, a
 when it carries a cohort), each `--model NAME=CKPT` (any checkpoint of this project, such as
 the course baseline) and Resemblyzer (pretrained GE2E, its weights in its wheel; bench-only,
 never used to train ours). The known speakers' held-out clips are read under --speech.
+With Resemblyzer, ours and it are also compared clip by clip on all sources (top-1 difference
+with a 95 % interval over speakers, `training.new_voices.paired_top1`).
 
 Writes the `new_voices` section of bench/RESULTS.md (not with --quick).
 """
@@ -29,11 +31,12 @@ from pathlib import Path
 from speaker_app.checkpoint import Checkpoint, load_checkpoint
 from speaker_app.recognizer import Recognizer
 from training.calibrate import audio_clips, read_speaker_list, source_of
-from training.new_voices import ENROLL, Clip, enroll_by_source, measure, resemblyzer_embeddings
+from training.new_voices import ENROLL, Clip, enroll_by_source, measure, paired_top1, resemblyzer_embeddings
 
 from . import common
 
 MAX_CLIPS = 40
+PEER = "Resemblyzer (pretrained GE2E)"
 
 
 # -- the report ----------------------------------------------------------------------------------
@@ -50,7 +53,16 @@ def rate_cells(rates: dict, groups: list[str]) -> list[str]:
     return [f"{percent(rates[g][0])} of {rates[g][1]}" if g in rates else "-" for g in groups]
 
 
-def report(args, tables: dict, open_result: dict, checkpoint: Checkpoint, counts: dict, wall_s: float) -> str:
+def paired_line(paired: dict, ours: str) -> str:
+    low, high = paired["interval"]
+    return (f"\n{ours} against {PEER}, paired on the same {paired['clips']} test clips of {paired['speakers']} "
+            f"speakers (all sources): top-1 difference {100 * paired['difference']:+.1f} points, 95% interval "
+            f"{100 * low:+.1f} to {100 * high:+.1f} ({paired['draws']} draws of the speakers with replacement); "
+            f"{paired['ours_only']} clips only ours names right, {paired['peer_only']} only {PEER.split(' (')[0]}.")
+
+
+def report(args, tables: dict, paired: dict | None, open_result: dict, checkpoint: Checkpoint, counts: dict,
+           wall_s: float) -> str:
     lines = [common.header("New voices: unseen speakers, enroll-5 and open set", wall_s)]
     speakers = args.speakers.resolve()
     shown = speakers.relative_to(common.REPO) if speakers.is_relative_to(common.REPO) else speakers
@@ -61,6 +73,8 @@ def report(args, tables: dict, open_result: dict, checkpoint: Checkpoint, counts
     lines.append(f"### Enroll-{ENROLL}: identify among the enrolled, clip-vs-speaker EER and minDCF (p_target 0.01)\n")
     rows = [row for name, results in tables.items() for row in enroll_rows(name, results)]
     lines.append(common.table(["model", "source", "enrolled speakers", "test clips", "top-1", "EER", "minDCF"], rows))
+    if paired:
+        lines.append(paired_line(paired, "ours (AS-norm)" if "ours (AS-norm)" in tables else "ours (cosine)"))
     calibration = checkpoint.info.get("calibration", {})
     recognizer = Recognizer(checkpoint)
     decisions = recognizer.decisions
@@ -115,11 +129,12 @@ def main(argv=None) -> int:
     unseen = [Clip(*row) for row in audio_clips(args.audio_dir, speakers, max_clips=args.max_clips)]
     measured = measure(checkpoint, unseen, args.audio_dir, args.speech,
                        {name: load_checkpoint(path) for name, path in extra.items()})
-    tables = measured.tables
+    tables, paired = measured.tables, None
     if not args.no_resemblyzer:
         peer = resemblyzer_embeddings(measured.unseen, args.audio_dir, args.cache)
-        tables["Resemblyzer (pretrained GE2E)"] = enroll_by_source(measured.unseen, peer)
-    text = report(args, tables, measured.open_set, checkpoint, measured.counts, time.perf_counter() - started)
+        tables[PEER] = enroll_by_source(measured.unseen, peer)
+        paired = paired_top1(measured.unseen, measured.embeddings, peer, measured.scorer)
+    text = report(args, tables, paired, measured.open_set, checkpoint, measured.counts, time.perf_counter() - started)
     common.write_section("new_voices", text, None if args.quick else args.results)
     return 0
 

@@ -59,3 +59,23 @@ def test_resemblyzer_embeds_offline(speech_dir, tmp_path):
     assert embeddings.shape == (2, 256) and torch.allclose(embeddings.norm(dim=-1), torch.ones(2))
     assert len(list(tmp_path.glob("resemblyzer-*.pt"))) == 1  # cached for the next run
     assert torch.equal(new_voices.resemblyzer_embeddings(clips, speech_dir, tmp_path), embeddings)
+
+
+def test_paired_top1_counts_the_clips_only_one_model_names_and_draws_speakers():
+    torch.manual_seed(0)
+    speakers = [f"src/{i}" for i in range(6)]
+    clips = [new_voices.Clip(s, f"{s}/{j:02d}.wav") for s in speakers for j in range(10)]
+    centres = torch.nn.functional.normalize(torch.randn(6, 16), dim=-1)
+    ours = torch.nn.functional.normalize(centres.repeat_interleave(10, 0) + 0.01 * torch.randn(60, 16), dim=-1)
+    same = new_voices.paired_top1(clips, ours, ours.clone())
+    assert (same["difference"], same["interval"], same["ours_only"], same["peer_only"]) == (0.0, (0.0, 0.0), 0, 0)
+    assert (same["clips"], same["speakers"]) == (30, 6)  # 5 of each speaker's 10 clips enroll it
+
+    peer = ours.clone()
+    peer[[5, 6, 7, 15]] = ours[[25, 26, 27, 35]]  # four test clips of speakers 0 and 1 look like speakers 2 and 3
+    worse = new_voices.paired_top1(clips, ours, peer)
+    assert (worse["ours_only"], worse["peer_only"]) == (4, 0)
+    assert worse["difference"] == pytest.approx(4 / 30)
+    low, high = worse["interval"]
+    assert 0 <= low < 4 / 30 < high  # some draws leave speakers 0 and 1 out, others take them twice
+    assert new_voices.paired_top1(clips, peer, ours)["difference"] == pytest.approx(-4 / 30)

@@ -114,10 +114,11 @@ def pair_verification(names: list[str], embeddings: torch.Tensor, max_clips: int
     return {"pair_eer": eer, "pair_threshold": threshold, "pair_min_dcf": dcf, "pair_trials": int(upper.sum())}
 
 
-def enrollment(names: list[str], keys: list[str], embeddings: torch.Tensor, n_enroll: int,
-               scorer: Scorer | None = None) -> dict:
-    """Enroll each speaker from its first n_enroll clips; identify and verify the rest.
-    Scores are cosine similarities, or the scorer's (AS-norm against a cohort)."""
+def enrollment_trials(names: list[str], keys: list[str], embeddings: torch.Tensor, n_enroll: int,
+                      scorer: Scorer | None = None) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Enroll each speaker with more than n_enroll clips from its first n_enroll (by key); score each
+    of the rest against every enrolled speaker: (scores (N, S), the true speaker's column (N,), the S
+    enrolled names). Scores are cosine similarities, or the scorer's (AS-norm against a cohort)."""
     by_speaker = defaultdict(list)
     for i in sorted(range(len(names)), key=lambda i: (names[i], keys[i])):
         by_speaker[names[i]].append(i)
@@ -130,13 +131,20 @@ def enrollment(names: list[str], keys: list[str], embeddings: torch.Tensor, n_en
     labels = torch.tensor([label for label, _ in tests])
     tested = embeddings[[i for _, i in tests]]
     scores = scorer.score(tested, centroids) if scorer else cosine(tested, centroids)  # (N, S)
+    return scores, labels, enrolled
+
+
+def enrollment(names: list[str], keys: list[str], embeddings: torch.Tensor, n_enroll: int,
+               scorer: Scorer | None = None) -> dict:
+    """Enroll each speaker from its first n_enroll clips; identify and verify the rest (`enrollment_trials`)."""
+    scores, labels, enrolled = enrollment_trials(names, keys, embeddings, n_enroll, scorer)
     same = (labels[:, None] == torch.arange(len(enrolled))).flatten()
     eer, threshold = equal_error_rate(scores.flatten(), same)
     dcf, dcf_threshold = min_dcf(scores.flatten(), same)
     return {"enroll_top1": (scores.argmax(-1) == labels).float().mean().item(), "eer": eer,
             "eer_threshold": threshold, "min_dcf": dcf, "min_dcf_threshold": dcf_threshold,
             "enroll_speakers": len(enrolled), "enroll_clips": n_enroll,
-            "enroll_test_clips": len(tests)}
+            "enroll_test_clips": len(labels)}
 
 
 def evaluate(checkpoint_path: Path, data: Path | None = None, audio_dir: Path | None = None,

@@ -13,6 +13,9 @@ The protocol that `python -m bench.new_voices` runs and reports, beside a pretra
    every enrollable unseen speaker enrolled from 5 clips: their other clips named
    correctly, and the clips of the unseen speakers too few to enroll named as anyone;
    and four inputs that are not speech.
+
+`paired_top1` compares two models' enroll-5 top-1 on the same clips, with an interval
+that treats speakers, not clips, as the independent draws.
 """
 
 from __future__ import annotations
@@ -31,11 +34,11 @@ from speaker_app.checkpoint import Checkpoint
 from speaker_app.features import AudioError, FeatureConfig, features_from_file
 from speaker_app.inference import infer
 from speaker_app.recognizer import Recognizer
-from speaker_app.scoring import centroid
+from speaker_app.scoring import Scorer, centroid
 from speaker_app.speech import check_speech
 
 from .calibrate import source_of
-from .evaluate import enrollment
+from .evaluate import enrollment, enrollment_trials
 
 ENROLL = 5
 
@@ -119,6 +122,26 @@ def enroll_by_source(clips: list[Clip], embeddings: torch.Tensor, scorer=None) -
     return results
 
 
+def paired_top1(clips: list[Clip], ours: torch.Tensor, peer: torch.Tensor, scorer: Scorer | None = None,
+                draws: int = 2000, seed: int = 0) -> dict:
+    """Enroll-5 top-1 over all `clips` of two models' embeddings of them (ours scored by `scorer` when
+    given), paired clip by clip: the difference (ours minus peer), its 95 % interval from `draws`
+    resamplings of the enrolled speakers with replacement (one speaker's clips are not independent
+    trials), and how many clips only one of the two names right."""
+    names, keys = [clip.speaker for clip in clips], [clip.path for clip in clips]
+    (ours_scores, labels, enrolled), (peer_scores, _, _) = (
+        enrollment_trials(names, keys, embeddings, ENROLL, score) for embeddings, score in ((ours, scorer), (peer, None)))
+    ours_right, peer_right = ours_scores.argmax(-1) == labels, peer_scores.argmax(-1) == labels
+    per_speaker = torch.zeros(len(enrolled), 3, dtype=torch.float64)  # clips, ours right, peer right
+    per_speaker.index_add_(0, labels, torch.stack([torch.ones(len(labels)), ours_right, peer_right], 1).double())
+    drawn = torch.randint(len(enrolled), (draws, len(enrolled)), generator=torch.Generator().manual_seed(seed))
+    total, ours_total, peer_total = per_speaker[drawn].sum(1).unbind(-1)
+    low, high = torch.quantile((ours_total - peer_total) / total, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
+    return {"difference": (ours_right.double().mean() - peer_right.double().mean()).item(), "interval": (low, high),
+            "ours_only": int((ours_right & ~peer_right).sum()), "peer_only": int((peer_right & ~ours_right).sum()),
+            "clips": len(labels), "speakers": len(enrolled), "draws": draws}
+
+
 # -- 2. open set ---------------------------------------------------------------------------------
 def answers(recognizer: Recognizer, embedded: Embedded) -> list:
     """The app's Identification of each clip."""
@@ -192,6 +215,8 @@ class Measured(NamedTuple):
     open_set: dict  # open_set's result for the checkpoint
     counts: dict  # speakers, clips and undecodable clips ("skipped") of the unseen; the known's held-out clips
     unseen: list[Clip]  # the unseen speakers' clips that decode
+    embeddings: torch.Tensor  # the checkpoint's unit embeddings of them
+    scorer: Scorer | None  # the checkpoint's scorer when it carries a cohort (AS-norm), else None (cosine)
 
 
 def measure(checkpoint: Checkpoint, unseen: list[Clip], audio_dir: Path, speech_dir: Path,
@@ -206,7 +231,8 @@ def measure(checkpoint: Checkpoint, unseen: list[Clip], audio_dir: Path, speech_
     ours = embed_ours(checkpoint, features)
     tables = {"ours (cosine)": enroll_by_source(unseen, ours.embeddings)}
     scorer = Recognizer(checkpoint).scorer
-    if scorer.cohort is not None:
+    scorer = scorer if scorer.cohort is not None else None
+    if scorer is not None:
         tables["ours (AS-norm)"] = enroll_by_source(unseen, ours.embeddings, scorer)
     for name, other in (others or {}).items():
         other_features = features if other.feature_config == checkpoint.feature_config else \
@@ -215,4 +241,4 @@ def measure(checkpoint: Checkpoint, unseen: list[Clip], audio_dir: Path, speech_
     result = open_set(checkpoint, unseen, ours, known, embed_ours(checkpoint, known_features))
     counts = {"speakers": len({c.speaker for c in unseen}), "clips": len(unseen), "skipped": skipped,
               "known": len(known)}
-    return Measured(tables, result, counts, unseen)
+    return Measured(tables, result, counts, unseen, ours.embeddings, scorer)
