@@ -133,7 +133,7 @@ def paired_top1(clips: list[Clip], ours: torch.Tensor, peer: torch.Tensor, score
         enrollment_trials(names, keys, embeddings, ENROLL, score) for embeddings, score in ((ours, scorer), (peer, None)))
     ours_right, peer_right = ours_scores.argmax(-1) == labels, peer_scores.argmax(-1) == labels
     per_speaker = torch.zeros(len(enrolled), 3, dtype=torch.float64)  # clips, ours right, peer right
-    per_speaker.index_add_(0, labels, torch.stack([torch.ones(len(labels)), ours_right, peer_right], 1).double())
+    per_speaker.index_add_(0, labels, torch.stack([torch.ones_like(ours_right), ours_right, peer_right], 1).double())
     drawn = torch.randint(len(enrolled), (draws, len(enrolled)), generator=torch.Generator().manual_seed(seed))
     total, ours_total, peer_total = per_speaker[drawn].sum(1).unbind(-1)
     low, high = torch.quantile((ours_total - peer_total) / total, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
