@@ -86,7 +86,7 @@ class Checkpoint:
         if features != model:
             raise CheckpointError(f"checkpoint does not fit together: its feature config makes {features} mel bins, "
                                   f"its model expects {model}")
-        check_cohort(checkpoint.cohort, checkpoint.model_config.emb_dim)
+        check_cohort(checkpoint.cohort, checkpoint.model_config.embedding_size)
         return checkpoint
 
 

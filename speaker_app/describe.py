@@ -163,6 +163,9 @@ def model_summary(recognizer: Recognizer, path: str | Path) -> str:
         f"- Checkpoint: `{path}` (training step {checkpoint.step})",
         f"- {kind}: {model.n_layers} layers × {model.n_heads} attention heads, width {model.d_model}, "
         f"{model.emb_dim}-dim embedding; AM-softmax s={model.scale:g}, m={model.margin:g}",
+        *([f"- Ensemble of {model.members} such models, trained apart: their unit embeddings joined into one "
+           f"{model.embedding_size}-dim embedding (a score is the mean of theirs); attention maps are the first's"]
+          if model.members > 1 else []),
         *([f"- Embedding windows: a clip longer than {model.window_frames * features.frame_seconds:g} s is embedded as "
            "the mean of half-overlapping windows of that length"] if model.window_frames else []),
         f"- Features: {features.n_mels} log-mel bins every {features.frame_seconds * 1000:g} ms at "

@@ -3,8 +3,9 @@
 Reads top-down: the parts (feed-forward, rotary positions, self-attention,
 mask-aware batch norm, convolution module, front ends, Conformer block,
 attentive pooling, margin heads), then `ModelConfig`, then the networks
-(`SpeakerConformer`, the course's sample `BaselineTransformer`) and the
-registry that builds them by `ModelConfig.kind`.
+(`SpeakerConformer`, the course's sample `BaselineTransformer`), the
+registry that builds them by `ModelConfig.kind`, and `Ensemble`: several trained
+models of one config answering as one.
 
 Lengths travel with the features: padding is masked in the front end, in
 attention, in the depthwise convolution, in batch-norm statistics and in the
@@ -15,7 +16,7 @@ a time.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Callable, NamedTuple
 
 import torch
@@ -394,6 +395,14 @@ class ModelConfig:
     # inference only: embed an utterance longer than this many frames as the mean of half-overlapping windows of
     # it (speaker_app.inference); 0: whole. The default model sets its training crop (training.default_model)
     window_frames: int = 0
+    # inference only: an ensemble of this many independently trained models of this config (`Ensemble`), made
+    # from trained checkpoints by training.ensemble; its embedding has members * emb_dim dimensions
+    members: int = 1
+
+    @property
+    def embedding_size(self) -> int:
+        """The dimensions of the embedding the model gives: `emb_dim`, or `members` of them for an ensemble."""
+        return self.emb_dim * self.members
 
     def __post_init__(self):
         if self.kind not in MODELS:
@@ -410,6 +419,8 @@ class ModelConfig:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.window_frames < 0:
             raise ValueError(f"window_frames must be 0 (whole utterances) or more, got {self.window_frames}")
+        if self.members < 1:
+            raise ValueError(f"members must be at least 1, got {self.members}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -609,5 +620,62 @@ MODELS: dict[str, Callable[[ModelConfig, int], SpeakerModel]] = {
 }
 
 
-def build_model(config: ModelConfig, n_speakers: int) -> SpeakerModel:
+class EnsembleHead(nn.Module):
+    """The members' margin heads as one over the ensemble's embedding, without a margin (inference only):
+    class c's vector is the members' unit vectors of c concatenated and scaled by 1/sqrt(k), so the cosine
+    of an ensemble embedding with it is the mean of the members' cosines. Its weights stay the members'."""
+
+    def __init__(self, members: nn.ModuleList, scale: float):
+        super().__init__()
+        self._members = [members]  # in a list, so that the members' weights are not registered a second time
+        self.scale = scale
+
+    @property
+    def weight(self) -> torch.Tensor:
+        members = self._members[0]
+        return torch.cat([F.normalize(m.head.weight, dim=-1) for m in members], -1) / math.sqrt(len(members))
+
+    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        if labels is not None:
+            raise ValueError("an ensemble is not trained: train its members, then assemble them (training.ensemble)")
+        return self.scale * F.normalize(embeddings, dim=-1) @ F.normalize(self.weight, dim=-1).T
+
+
+class Ensemble(nn.Module):
+    """Independently trained models of one config (`config.members` of them) answering as one.
+
+    The embedding is the members' unit embeddings concatenated and scaled by 1/sqrt(k): itself of unit
+    norm, so that the cosine of two is the mean of the members' cosines. Independent runs err on
+    different clips, so their mean score sets voices apart better than any one of them
+    (bench/RESULTS.md, "Ensembles"). Attention maps and pooling weights are the first member's.
+    """
+
+    def __init__(self, config: ModelConfig, n_speakers: int):
+        super().__init__()
+        self.config = config
+        single = replace(config, members=1)
+        self.members = nn.ModuleList(MODELS[config.kind](single, n_speakers) for _ in range(config.members))
+        self.frame_step = self.members[0].frame_step
+        self.head = EnsembleHead(self.members, config.scale)
+
+    def _joined(self, embeddings: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat([F.normalize(e, dim=-1) for e in embeddings], -1) / math.sqrt(len(embeddings))
+
+    def embed(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """(B, T, n_mels), (B,) -> (B, k * E), of unit norm."""
+        return self._joined([m.embed(features, lengths) for m in self.members])
+
+    def forward(self, features: torch.Tensor, lengths: torch.Tensor,
+                labels: torch.Tensor | None = None) -> torch.Tensor:
+        return self.head(self.embed(features, lengths), labels)
+
+    def forward_intermediates(self, features: torch.Tensor, lengths: torch.Tensor) -> Intermediates:
+        first = self.members[0].forward_intermediates(features, lengths)
+        embedding = self._joined([first.embedding, *(m.embed(features, lengths) for m in self.members[1:])])
+        return first._replace(logits=self.head(embedding), embedding=embedding)
+
+
+def build_model(config: ModelConfig, n_speakers: int) -> SpeakerModel | Ensemble:
+    if config.members > 1:
+        return Ensemble(config, n_speakers)
     return MODELS[config.kind](config, n_speakers)

@@ -29,7 +29,7 @@ from torch import nn
 
 from .checkpoint import Checkpoint, CheckpointError, check_cohort
 from .features import FeatureConfig
-from .model import ModelConfig, build_model
+from .model import MarginHead, ModelConfig, build_model
 
 INSTALL = "pip install onnxruntime onnx"
 HEAD_TOLERANCE = 1e-3  # max |logit difference| between the rebuilt head and the graph's logits
@@ -104,7 +104,10 @@ class OnnxCheckpoint(Checkpoint):
         features = torch.randn(1, 37, self.model_config.n_mels, generator=torch.Generator().manual_seed(0)) * 3 - 5
         logits, raw, prototypes = session.run(["logits", "raw_embedding", "prototypes"],
                                               {"features": features.numpy(), "lengths": lengths.numpy()})
-        head = build_model(self.model_config, len(self.speakers)).head
+        config = self.model_config
+        # An ensemble's head, without a margin, is a margin head over the joined prototypes (model.EnsembleHead).
+        head = build_model(config, len(self.speakers)).head if config.members == 1 else MarginHead(
+            config.embedding_size, len(self.speakers), config.scale, config.margin, angular=config.head == "aam")
         try:
             head.load_state_dict({"weight": torch.from_numpy(prototypes)})
         except RuntimeError as error:
@@ -164,7 +167,7 @@ def load_onnx(path: str | Path, threads: int | None = None) -> OnnxCheckpoint:
         features, model = checkpoint.feature_config.n_mels, checkpoint.model_config.n_mels
         raise CheckpointError(f"{path} does not fit together: its feature config makes {features} mel bins, "
                               f"its model expects {model}")
-    check_cohort(checkpoint.cohort, checkpoint.model_config.emb_dim)
+    check_cohort(checkpoint.cohort, checkpoint.model_config.embedding_size)
     return checkpoint
 
 

@@ -57,7 +57,7 @@ class ExportGraph(nn.Module):
         self.model = model
         weight = getattr(model.head, "weight", None)
         self.has_prototypes = isinstance(weight, torch.Tensor) and weight.dim() == 2 \
-            and weight.shape[1] == model.config.emb_dim
+            and weight.shape[1] == model.config.embedding_size
 
     @property
     def output_names(self) -> list[str]:

@@ -173,12 +173,17 @@ def main(argv=None) -> int:
                   else resolve_config(args))
     except ValueError as error:
         raise SystemExit(f"error: {error}")
+    if config.model.members > 1:
+        raise SystemExit("error: an ensemble is not trained: train its members one by one, then assemble them "
+                         "with training.ensemble")
     init = None
     if args.init and not resume:  # a resumed fine-tuning run goes on from its own last.pt
         try:
             init = load_checkpoint(args.init)
         except CheckpointError as error:
             raise SystemExit(f"error: --init: {error}")
+        if init.model_config.members > 1:
+            raise SystemExit(f"error: --init: {args.init} is an ensemble; fine-tune one of its members' checkpoints")
         config = replace(config, model=init.model_config)  # the model is the checkpoint's
 
     heap.reuse_big_blocks()  # every step frees and reallocates the same big activations
