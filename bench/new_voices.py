@@ -66,9 +66,11 @@ def report(args, tables: dict, paired: dict | None, open_result: dict, checkpoin
     lines = [common.header("New voices: unseen speakers, enroll-5 and open set", wall_s)]
     speakers = args.speakers.resolve()
     shown = speakers.relative_to(common.REPO) if speakers.is_relative_to(common.REPO) else speakers
+    fitted = ("Thresholds were fitted on this half: its open-set rates are not a test of them."
+              if args.split == "calibration" else "Thresholds were fitted on the other half.")
     lines.append(f"Speakers: the `{args.split}` half of `{shown}` under the many-speaker corpus "
                  f"({counts['speakers']} speakers, {counts['clips']} clips, at most {args.max_clips} per speaker; "
-                 f"undecodable clips left out: {counts['skipped']}). Thresholds were fitted on the other half. "
+                 f"undecodable clips left out: {counts['skipped']}). {fitted} "
                  f"Known speakers' held-out clips: {counts['known']} under `{args.speech}`.\n")
     lines.append(f"### Enroll-{ENROLL}: identify among the enrolled, clip-vs-speaker EER and minDCF (p_target 0.01)\n")
     rows = [row for name, results in tables.items() for row in enroll_rows(name, results)]
