@@ -41,6 +41,14 @@ The model embeds clips longer than its training crop in half-overlapping windows
 `--recalibrate CKPT` skips the trainings for a default model this command wrote earlier: its
 weights and classes are kept; its windows and cohort (the end of step 3), decisions (4) and
 evaluation (5) are made again (calibrated-recalibrated.pt and report-recalibrated.json in --work).
+
+The shipped model is an ensemble of two such models (`training.ensemble`; bench/RESULTS.md,
+"Ensembles"), the second trained at lr 3e-3, made and calibrated as one:
+
+    python -m training.default_model --corpus CORPUS --work WORK_A --out A.pt
+    python -m training.default_model --corpus CORPUS --work WORK_B --out B.pt --set lr=0.003
+    python -m training.ensemble A.pt B.pt --out AB.pt
+    python -m training.default_model --corpus CORPUS --work WORK_A --recalibrate AB.pt
 """
 
 from __future__ import annotations
@@ -264,6 +272,8 @@ def main(argv=None) -> int:
             raise SystemExit(f"error: {args.recalibrate} is not a default model of these {len(known)} speakers")
         config = from_dict(TrainConfig, final.info["train_config"])
         classes, command = final.info["training_data"]["classes"], final.info["training_data"]["command"]
+        if "ensemble" in final.info:  # training.ensemble's record of its members
+            command = " and ".join(m["command"] for m in final.info["ensemble"]) + ", joined by python -m training.ensemble"
         suffix = "-recalibrated"
         for stale in (f"calibrated{suffix}.pt", f"new_speakers{suffix}.json"):  # of another CKPT, maybe
             (args.work / stale).unlink(missing_ok=True)
