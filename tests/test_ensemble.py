@@ -16,7 +16,7 @@ from helpers import TINY, tiny
 
 
 def members(count: int = 2, **changes):
-    """Tiny checkpoints of different weights, each with a cohort of the same 6 speakers."""
+    """Tiny checkpoints of different weights, each with a cohort and decisions of its own."""
     checkpoints = [tiny(seed=seed, **changes) for seed in range(count)]
     for seed, checkpoint in enumerate(checkpoints):
         checkpoint.cohort = F.normalize(torch.randn(6, TINY.emb_dim, generator=torch.Generator().manual_seed(seed)), dim=-1)
@@ -57,15 +57,13 @@ def test_the_file_loads_safely_and_serves_the_recognizer(tmp_path, capsys):
     assert ensemble.main([str(tmp_path / f"{i}.pt") for i in range(3)] + ["--out", str(tmp_path / "e.pt")]) == 0
     assert "3 models, 48-dim embedding" in capsys.readouterr().out
     loaded = load_checkpoint(tmp_path / "e.pt")  # weights_only inside
-    assert loaded.model_config.members == 3 and "calibration" not in loaded.info
+    assert loaded.model_config.members == 3 and "calibration" not in loaded.info and loaded.cohort is None
     assert [m["command"] for m in loaded.info["ensemble"]] == ["run 0", "run 1", "run 2"]
-    expected = torch.cat([p.cohort for p in parts], -1) / 3 ** 0.5
-    assert torch.allclose(loaded.cohort, expected) and torch.allclose(loaded.cohort.norm(dim=-1), torch.ones(6))
     recognizer = Recognizer(loaded)
     assert recognizer.embedding_dim == 48 and recognizer.prototypes.shape == (3, 48)
     embedding = recognizer.embed(utterances()[0])
     assert embedding.shape == (48,)
-    assert recognizer.scores(embedding)[1].shape == (3,)
+    assert recognizer.scores(embedding)[1].shape == (3,)  # cosine, until a cohort and decisions are made
 
 
 @pytest.mark.parametrize("change, message", [

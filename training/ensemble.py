@@ -5,8 +5,8 @@
 The members must share their config (window_frames included), their features and their classes, in
 the same order. The ensemble's embedding is their unit embeddings joined (a score is the mean of
 theirs), so decisions calibrated for any one member do not hold for it: the result carries no
-calibration, and its cohort, when every member has one of the same speakers, is theirs joined the
-same way. Make its decisions again, for the default model with
+calibration and no cohort (a member's cohort names no speakers, so two cannot be matched row by row),
+and scores by cosine until both are made again; for the default model with
 
     python -m training.default_model --speech ../shared/speech --corpus CORPUS --work WORK \\
         --recalibrate ENSEMBLE.pt --out checkpoints/default.pt
@@ -17,12 +17,9 @@ Its info is the first member's, with every member's training command listed unde
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from dataclasses import replace
 from pathlib import Path
-
-import torch
 
 from speaker_app.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 
@@ -43,16 +40,12 @@ def assemble(members: list[Checkpoint], names: list[str]) -> Checkpoint:
             raise ValueError(f"{name} differs from {names[0]} in its {' and '.join(differences)}")
     state = {f"members.{i}.{key}": value for i, member in enumerate(members)
              for key, value in member.state_dict.items()}
-    cohorts = [member.cohort for member in members]
-    joined = None
-    if all(c is not None for c in cohorts) and len({len(c) for c in cohorts}) == 1:
-        joined = torch.cat([c.float() for c in cohorts], -1) / math.sqrt(len(cohorts))
     info = {key: value for key, value in first.info.items() if key not in ("calibration", "evaluation", "new_speakers")}
     info["ensemble"] = [{"checkpoint": name, "step": member.step,
                          "command": member.info.get("training_data", {}).get("command", "")}
                         for name, member in zip(names, members)]
     return replace(first, model_config=replace(first.model_config, members=len(members)), state_dict=state,
-                   metrics={}, info=info, training_state={}, cohort=joined)
+                   metrics={}, info=info, training_state={}, cohort=None)
 
 
 def main(argv=None) -> int:
@@ -68,7 +61,7 @@ def main(argv=None) -> int:
     save_checkpoint(ensemble, args.out)
     size = args.out.stat().st_size / 1e6
     print(f"wrote {args.out}: {len(members)} models, {ensemble.model_config.embedding_size}-dim embedding, "
-          f"{size:.1f} MB; its decisions must be calibrated again (see python -m training.ensemble --help)")
+          f"{size:.1f} MB; its cohort and decisions must be made again (see python -m training.ensemble --help)")
     return 0
 
 
