@@ -40,7 +40,8 @@ def assemble(members: list[Checkpoint], names: list[str]) -> Checkpoint:
             raise ValueError(f"{name} differs from {names[0]} in its {' and '.join(differences)}")
     state = {f"members.{i}.{key}": value for i, member in enumerate(members)
              for key, value in member.state_dict.items()}
-    info = {key: value for key, value in first.info.items() if key not in ("calibration", "evaluation", "new_speakers")}
+    stale = ("calibration", "cohort", "evaluation", "new_speakers")  # records of the first member alone
+    info = {key: value for key, value in first.info.items() if key not in stale}
     info["ensemble"] = [{"checkpoint": name, "step": member.step,
                          "command": member.info.get("training_data", {}).get("command", "")}
                         for name, member in zip(names, members)]
