@@ -19,7 +19,8 @@ def members(count: int = 2, **changes):
     """Tiny checkpoints of different weights, each with a cohort and decisions of its own."""
     checkpoints = [tiny(seed=seed, **changes) for seed in range(count)]
     for seed, checkpoint in enumerate(checkpoints):
-        checkpoint.cohort = F.normalize(torch.randn(6, TINY.emb_dim, generator=torch.Generator().manual_seed(seed)), dim=-1)
+        generator = torch.Generator().manual_seed(seed)
+        checkpoint.cohort = F.normalize(torch.randn(6, TINY.emb_dim, generator=generator), dim=-1)
         checkpoint.info = {"calibration": {"threshold": 0.5}, "training_data": {"command": f"run {seed}"}}
     return checkpoints
 

@@ -273,7 +273,8 @@ def main(argv=None) -> int:
         config = from_dict(TrainConfig, final.info["train_config"])
         classes, command = final.info["training_data"]["classes"], final.info["training_data"]["command"]
         if "ensemble" in final.info:  # training.ensemble's record of its members
-            command = " and ".join(m["command"] for m in final.info["ensemble"]) + ", joined by python -m training.ensemble"
+            command = (" and ".join(m["command"] for m in final.info["ensemble"])
+                       + ", joined by python -m training.ensemble")
         suffix = "-recalibrated"
         for stale in (f"calibrated{suffix}.pt", f"new_speakers{suffix}.json"):  # of another CKPT, maybe
             (args.work / stale).unlink(missing_ok=True)

@@ -51,7 +51,8 @@ def assemble(members: list[Checkpoint], names: list[str]) -> Checkpoint:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.ensemble", description=__doc__.split("\n\n")[0])
-    parser.add_argument("checkpoints", nargs="+", type=Path, help="trained checkpoints of one config and one set of classes")
+    parser.add_argument("checkpoints", nargs="+", type=Path,
+                        help="trained checkpoints of one config and one set of classes")
     parser.add_argument("--out", required=True, type=Path, help="where to write the ensemble checkpoint")
     args = parser.parse_args(argv)
     try:
