@@ -272,9 +272,11 @@ def main(argv=None) -> int:
             raise SystemExit(f"error: {args.recalibrate} is not a default model of these {len(known)} speakers")
         config = from_dict(TrainConfig, final.info["train_config"])
         classes, command = final.info["training_data"]["classes"], final.info["training_data"]["command"]
-        if "ensemble" in final.info:  # training.ensemble's record of its members
-            command = (" and ".join(m["command"] for m in final.info["ensemble"])
-                       + ", joined by python -m training.ensemble")
+        if "ensemble" in final.info:  # training.ensemble's record of its members, each trained by this command
+            members = [f"M{i}" for i in range(1, len(final.info["ensemble"]) + 1)]
+            assembled = f"python -m training.ensemble {' '.join(n + '.pt' for n in members)} --out ENSEMBLE.pt"
+            command = "; ".join([*(f"{m['command']} --work WORK_{name} --out {name}.pt"
+                                   for m, name in zip(final.info["ensemble"], members)), assembled])
         suffix = "-recalibrated"
         for stale in (f"calibrated{suffix}.pt", f"new_speakers{suffix}.json"):  # of another CKPT, maybe
             (args.work / stale).unlink(missing_ok=True)
@@ -312,8 +314,10 @@ def main(argv=None) -> int:
         "calibration": portable(checkpoint.info["calibration"], args.corpus),
     })
     if args.recalibrate:
+        made_for = ("the ensemble" if checkpoint.model_config.members > 1
+                    else f"{checkpoint.model_config.window_frames}-frame embedding windows")
         checkpoint.info["training_data"]["recalibrated"] = (
-            f"cohort and decisions made again for {checkpoint.model_config.window_frames}-frame embedding windows: "
+            f"cohort and decisions made again for {made_for}: "
             "python -m training.default_model --speech ../shared/speech --corpus CORPUS --recalibrate CKPT")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(checkpoint, args.out)
