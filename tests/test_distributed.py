@@ -81,7 +81,8 @@ def test_ranks_slice_the_global_batch_in_memory_and_from_disk(tmp_path):
 
 
 def test_augmentation_is_the_same_at_any_world_size():
-    config = AugmentConfig(bandlimit_prob=0.5, noise_prob=0.5, time_width=10, short_prob=0.5)
+    config = AugmentConfig(bandlimit_prob=0.5, noise_prob=0.5, time_width=10, short_prob=0.5, reverb_prob=0.5,
+                           babble_prob=0.5)
     x = torch.randn(8, 60, 40) - 3
     lengths = torch.tensor([60, 50, 40, 30, 60, 20, 10, 45])
     x[torch.arange(60)[None, :] >= lengths[:, None]] = 0

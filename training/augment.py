@@ -2,6 +2,11 @@
 
 Works in the feature domain so it applies to the course data as well as to
 prepared audio folders:
+- reverberation: each filter's power smeared over time by an exponentially
+  decaying tail (a random reverberation time and direct-to-reverberant ratio),
+  the spectral-domain approximation of a room impulse response;
+- babble: another crop of the batch mixed in at a random SNR, an interfering
+  talker (MUSAN's babble, made from the training speech itself);
 - band-limiting: a 16 kHz clip made to look like 8 kHz telephony (filters
   above 4 kHz emptied), so a model cannot tell sources apart by bandwidth;
 - additive white noise at a random SNR, added in the power domain;
@@ -34,6 +39,11 @@ class AugmentConfig:
     # full recipe it lowered EER and minDCF but not top-1 errors (bench/RESULTS.md)
     short_prob: float = 0.0
     short_frames: int = 30
+    reverb_prob: float = 0.0
+    rt60_s: tuple[float, float] = (0.2, 0.8)  # reverberation time: 60 dB of decay
+    drr_db: tuple[float, float] = (0.0, 12.0)  # direct-to-reverberant power ratio
+    babble_prob: float = 0.0
+    babble_snr_db: tuple[float, float] = (10.0, 20.0)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -50,6 +60,7 @@ class Augmenter:
         self.config = config
         self.rank, self.world = rank, world
         self.floor = features.log_floor
+        self.frame_s = features.frame_seconds
         bank = torchaudio.functional.melscale_fbanks(  # (n_freqs, n_mels), the pipeline's own filters
             features.n_fft // 2 + 1, features.f_min, features.f_max or features.sample_rate / 2,
             features.n_mels, features.sample_rate, None, "htk")
@@ -68,11 +79,14 @@ class Augmenter:
             drawn = low + (self._uniform(B, generator, x.device) * (lengths - low + 1)).long().minimum(lengths - low)
             lengths = torch.where(pick, drawn, lengths)
         real = (torch.arange(T, device=x.device)[None, :] < lengths[:, None])[..., None]  # (B, T, 1)
-        power = x.exp()
+        power = x.exp() * real
+        if c.reverb_prob > 0:
+            power = self._reverb(power, real, generator)
+        if c.babble_prob > 0:
+            power = self._babble(power, real, generator)
         if c.noise_prob > 0:
             pick = self._chance(B, c.noise_prob, generator, x.device)
-            low, high = c.snr_db
-            snr = low + (high - low) * self._uniform(B, generator, x.device)
+            snr = self._between(B, c.snr_db, generator, x.device)
             level = (power * real).sum((1, 2)) / (real.sum((1, 2)) * x.shape[2])  # mean power (B,)
             noise = (level * 10 ** (-snr / 10) * pick)[:, None, None] * self.white.to(x.device)
             power = power + noise
@@ -81,6 +95,40 @@ class Augmenter:
             power = torch.where(pick[:, None, None], power * self.kept.to(x.device), power)
         x = torch.log(power.clamp(min=self.floor)).masked_fill(~real, 0.0)
         return self._mask(x, real, lengths, generator), lengths
+
+    def _reverb(self, power, real, generator):
+        """(B, T, F) power -> each chosen row convolved in time with 1 (direct) plus a decaying tail."""
+        B, T, _ = power.shape
+        c = self.config
+        pick = self._chance(B, c.reverb_prob, generator, power.device)
+        rt60 = self._between(B, c.rt60_s, generator, power.device)
+        drr = self._between(B, c.drr_db, generator, power.device)
+        taps = int(c.rt60_s[1] / self.frame_s)  # 60 dB down at the longest reverberation time
+        k = torch.arange(1, taps + 1, device=power.device)
+        tail = 10 ** (-6 * k[None, :] * self.frame_s / rt60[:, None])  # (B, taps): -60 dB at rt60
+        tail = tail / tail.sum(1, keepdim=True) * 10 ** (-drr[:, None] / 10) * pick[:, None]
+        kernel = torch.cat([torch.ones(B, 1, device=power.device), tail], 1)  # (B, 1 + taps)
+        n = T + taps + 1  # float64: powers span many decades, and float32 round-off would swamp the quiet ones
+        spectrum = torch.fft.rfft(power.double(), n, dim=1) * torch.fft.rfft(kernel.double(), n, dim=1)[:, :, None]
+        smeared = torch.fft.irfft(spectrum, n, dim=1)[:, :T].to(power.dtype)
+        return torch.maximum(smeared, power) * real  # never below the direct sound
+
+    def _babble(self, power, real, generator):
+        """(B, T, F) power -> chosen rows with their neighbour row (pairs 0-1, 2-3, ...) mixed in at a random SNR.
+        Pairs are the global batch's when each process holds an even number of rows; an odd last row is left alone."""
+        B = power.shape[0]
+        c = self.config
+        rows = torch.arange(B, device=power.device)
+        partner = torch.where(rows ^ 1 < B, rows ^ 1, rows)
+        pick = self._chance(B, c.babble_prob, generator, power.device) & (partner != rows)
+        snr = self._between(B, c.babble_snr_db, generator, power.device)
+        level = power.sum((1, 2)) / (real.sum((1, 2)) * power.shape[2])  # mean power (B,)
+        gain = level / level[partner].clamp(min=self.floor) * 10 ** (-snr / 10) * pick
+        return power + gain[:, None, None] * power[partner] * real
+
+    def _between(self, n, bounds, generator, device):
+        low, high = bounds
+        return low + (high - low) * self._uniform(n, generator, device)
 
     def _mask(self, x, real, lengths, generator):
         """SpecAugment masks, filled with each utterance's mean so that CMN leaves them at zero."""
