@@ -39,6 +39,8 @@ class AugmentConfig:
     # full recipe it lowered EER and minDCF but not top-1 errors (bench/RESULTS.md)
     short_prob: float = 0.0
     short_frames: int = 30
+    # reverberation and babble: off. On the default recipe (two runs) they lowered new voices' mean top-1 on both
+    # halves of the development speakers (bench/RESULTS.md, "Reverberation and babble in training")
     reverb_prob: float = 0.0
     rt60_s: tuple[float, float] = (0.2, 0.8)  # reverberation time: 60 dB of decay
     drr_db: tuple[float, float] = (0.0, 12.0)  # direct-to-reverberant power ratio
