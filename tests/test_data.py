@@ -184,7 +184,7 @@ def test_augmenter_shortens_crops_to_lengths_between_short_frames_and_their_own(
     assert 0.2 < (short < lengths)[0::4].float().mean() < 0.4
 
 
-def quiet_off(**settings) -> AugmentConfig:
+def only(**settings) -> AugmentConfig:
     """Only the named augmentations on."""
     return AugmentConfig(**{"bandlimit_prob": 0, "noise_prob": 0, "freq_masks": 0, "time_masks": 0, **settings})
 
@@ -194,7 +194,7 @@ def test_augmenter_reverberates_with_a_decaying_tail_and_never_lowers_power():
     x[:, 10] = 0.0  # one loud frame in silence
     lengths = torch.tensor([100, 60])
     x[1, 60:] = 0
-    config = quiet_off(reverb_prob=1.0, rt60_s=(0.5, 0.5), drr_db=(0.0, 0.0))
+    config = only(reverb_prob=1.0, rt60_s=(0.5, 0.5), drr_db=(0.0, 0.0))
     y, _ = Augmenter(config, FeatureConfig())(x, lengths, torch.Generator().manual_seed(0))
     assert (y[0] >= x[0] - 1e-4).all() and (y[1, :60] >= x[1, :60] - 1e-4).all()
     assert (y[1, 60:] == 0).all()  # padding stays zero
@@ -203,14 +203,14 @@ def test_augmenter_reverberates_with_a_decaying_tail_and_never_lowers_power():
     # DRR 0 dB: the tail carries as much power as the direct frame; 0.5 s (50 frames) on it is 60 dB down
     assert abs(torch.logsumexp(y[0, 11:, 0], 0).item()) < 0.05
     assert abs((y[0, 60, 0] - y[0, 11, 0]).item() - math.log(10 ** (-6 * 49 / 50))) < 0.1
-    never = Augmenter(quiet_off(reverb_prob=1.0, drr_db=(200.0, 200.0)), FeatureConfig())
+    never = Augmenter(only(reverb_prob=1.0, drr_db=(200.0, 200.0)), FeatureConfig())
     torch.testing.assert_close(never(x, lengths, torch.Generator().manual_seed(0))[0], x)
 
 
 def test_augmenter_mixes_a_neighbouring_crop_at_the_drawn_snr():
     x = torch.randn(5, 50, 40) - 3
     lengths = torch.full((5,), 50)
-    config = quiet_off(babble_prob=1.0, babble_snr_db=(10.0, 10.0))
+    config = only(babble_prob=1.0, babble_snr_db=(10.0, 10.0))
     y, _ = Augmenter(config, FeatureConfig())(x, lengths, torch.Generator().manual_seed(0))
     for row, partner in ((0, 1), (1, 0), (2, 3), (3, 2)):
         expected = x[row].exp() + x[row].exp().mean() / x[partner].exp().mean() * 0.1 * x[partner].exp()

@@ -51,6 +51,11 @@ class AugmentConfig:
         return asdict(self)
 
 
+def mean_power(power: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """(B, T, F) power, zero where padded, and its (B, T, 1) mask of real frames -> (B,) mean power per real bin."""
+    return power.sum((1, 2)) / (real.sum((1, 2)) * power.shape[2])
+
+
 class Augmenter:
     """Augments rank `rank`'s slice of a global batch split over `world` processes. Random numbers
     are drawn for the whole global batch and sliced, so the global batch is augmented the same at
@@ -89,8 +94,7 @@ class Augmenter:
         if c.noise_prob > 0:
             pick = self._chance(B, c.noise_prob, generator, x.device)
             snr = self._between(B, c.snr_db, generator, x.device)
-            level = (power * real).sum((1, 2)) / (real.sum((1, 2)) * x.shape[2])  # mean power (B,)
-            noise = (level * 10 ** (-snr / 10) * pick)[:, None, None] * self.white.to(x.device)
+            noise = (mean_power(power, real) * 10 ** (-snr / 10) * pick)[:, None, None] * self.white.to(x.device)
             power = power + noise
         if c.bandlimit_prob > 0:
             pick = self._chance(B, c.bandlimit_prob, generator, x.device)
@@ -124,7 +128,7 @@ class Augmenter:
         partner = torch.where(rows ^ 1 < B, rows ^ 1, rows)
         pick = self._chance(B, c.babble_prob, generator, power.device) & (partner != rows)
         snr = self._between(B, c.babble_snr_db, generator, power.device)
-        level = power.sum((1, 2)) / (real.sum((1, 2)) * power.shape[2])  # mean power (B,)
+        level = mean_power(power, real)
         gain = level / level[partner].clamp(min=self.floor) * 10 ** (-snr / 10) * pick
         return power + gain[:, None, None] * power[partner] * real
 
