@@ -1,5 +1,9 @@
 """Enrolled speakers: unit embeddings under display names, in one JSON file per model or in memory.
 
+Each speaker is stored as the mean direction of their enrollment clips and, for
+score normalisation, each clip's own embedding (an entry from before clips were
+kept counts its mean as its one clip).
+
 The gallery belongs to one model (embeddings of another model mean nothing),
 so it records the checkpoint's fingerprint and refuses to mix. On disk it is
 written atomically, readable by its owner only (0600), with the previous
@@ -19,6 +23,7 @@ import threading
 import time
 import unicodedata
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -49,6 +54,13 @@ def name_key(name: str) -> str:
     return re.sub(r"\s", "", sanitise_name(name).casefold())
 
 
+class Enrolled(NamedTuple):
+    names: list[str]  # sorted
+    embeddings: torch.Tensor | None  # (N, E) unit: each speaker's voiceprint; None when nobody is enrolled
+    clips: torch.Tensor | None  # (G, E) unit: the enrollment clips
+    owners: torch.Tensor | None  # (G,) long: the row of `names` each clip belongs to
+
+
 class NameTaken(ValueError):
     """The name, up to case and spaces, is enrolled already; `name` is the stored one."""
 
@@ -66,6 +78,7 @@ class Gallery:
         self.notices: list[str] = []  # what opening it took: a previous copy used, entries set aside
         self._lock = threading.Lock()
         self._speakers: dict[str, dict] = {}
+        self._tensors: Enrolled | None = None  # `enrolled()`, made again after each write
         if self.path is not None:
             self._speakers = self._open()
 
@@ -138,12 +151,16 @@ class Gallery:
         if not isinstance(entry, dict) or not isinstance(entry.get("embedding"), list):
             return "it has no embedding"
         values = entry["embedding"]
-        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-            return "its embedding holds non-numbers"
-        try:
-            check_embedding(torch.tensor(values, dtype=torch.float64), self.dim)
-        except ValueError as error:
-            return str(error)
+        clips = entry.get("clip_embeddings", [])
+        if not isinstance(clips, list) or not all(isinstance(c, list) for c in clips):
+            return "its clip embeddings are not a list of embeddings"
+        for vector in [values, *clips]:
+            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vector):
+                return "its embedding holds non-numbers"
+            try:
+                check_embedding(torch.tensor(vector, dtype=torch.float64), self.dim)
+            except ValueError as error:
+                return str(error)
         if not isinstance(entry.get("clips"), int) or not isinstance(entry.get("enrolled"), str):
             return "its clip count or date is missing"
         return None
@@ -169,6 +186,7 @@ class Gallery:
             atomic_write(self.path, lambda handle: handle.write(json.dumps(data, indent=1).encode()),
                          keep_previous=keep_previous, mode=0o600)
         self._speakers = speakers
+        self._tensors = None
 
     def _stored(self, name: str) -> str | None:
         key = name_key(name)
@@ -179,14 +197,21 @@ class Gallery:
         with self._lock:
             return self._stored(name)
 
-    def add(self, name: str, embedding: torch.Tensor, clips: int, replace: bool = False) -> str:
-        """Store a unit embedding under `name`; NameTaken if the name is enrolled and not `replace`.
+    def add(self, name: str, embedding: torch.Tensor, clips: int, replace: bool = False,
+            clip_embeddings: torch.Tensor | None = None) -> str:
+        """Store a unit embedding under `name`, with the (clips, E) unit embeddings of its clips when given;
+        NameTaken if the name is enrolled and not `replace`.
 
         The check and the write happen under one lock: of two enrollments of one name, one wins."""
         name = sanitise_name(name)
         check_embedding(embedding, self.dim)
-        entry = {"embedding": [round(float(v), 6) for v in embedding], "clips": int(clips),
-                 "enrolled": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        entry = {"embedding": _rounded(embedding), "clips": int(clips), "enrolled": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        if clip_embeddings is not None:
+            if len(clip_embeddings) != clips:
+                raise ValueError(f"{clips} clips, but {len(clip_embeddings)} clip embeddings")
+            for vector in clip_embeddings:
+                check_embedding(vector, self.dim)
+            entry["clip_embeddings"] = [_rounded(vector) for vector in clip_embeddings]
         with self._lock:
             stored = self._stored(name)
             if stored is not None and not replace:
@@ -212,13 +237,12 @@ class Gallery:
         with self._lock:
             return sorted(self._speakers)
 
-    def embeddings(self) -> tuple[list[str], torch.Tensor | None]:
-        """Names and their (N, E) unit embeddings."""
+    def enrolled(self) -> Enrolled:
+        """The enrolled speakers' names, voiceprints and clips."""
         with self._lock:
-            names = sorted(self._speakers)
-            if not names:
-                return [], None
-            return names, torch.tensor([self._speakers[n]["embedding"] for n in names])
+            if self._tensors is None:
+                self._tensors = _as_tensors(self._speakers)
+            return self._tensors
 
     def info(self) -> list[tuple[str, int, str]]:
         with self._lock:
@@ -227,6 +251,21 @@ class Gallery:
 
 class _Damaged(Exception):
     pass
+
+
+def _as_tensors(speakers: dict[str, dict]) -> Enrolled:
+    names = sorted(speakers)
+    if not names:
+        return Enrolled([], None, None, None)
+    entries = [speakers[n] for n in names]
+    clips = [e.get("clip_embeddings") or [e["embedding"]] for e in entries]
+    owners = torch.arange(len(names)).repeat_interleave(torch.tensor([len(c) for c in clips]))
+    return Enrolled(names, torch.tensor([e["embedding"] for e in entries]),
+                    torch.tensor([vector for rows in clips for vector in rows]), owners)
+
+
+def _rounded(embedding: torch.Tensor) -> list[float]:
+    return [round(float(v), 6) for v in embedding]
 
 
 def check_embedding(embedding: torch.Tensor, dim: int | None) -> None:

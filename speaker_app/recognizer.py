@@ -29,7 +29,7 @@ from .checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from .decisions import Decisions
 from .features import AudioError, FeatureError, check_features, features_from_array, read_audio
 from .files import TensorFileError, load_tensor_file
-from .gallery import Gallery, NameTaken, name_key, sanitise_name
+from .gallery import Enrolled, Gallery, NameTaken, name_key, sanitise_name
 from .inference import infer, infer_explained
 from .scoring import Scorer, centroid, cosine
 from .speech import SpeechCheck, check_speech
@@ -128,7 +128,6 @@ class Recognizer:
         head_weight = getattr(self.model.head, "weight", None)
         # AM-softmax class vectors live in the embedding space: they are the known speakers' prototypes.
         self.prototypes = F.normalize(head_weight.detach(), dim=-1) if head_weight is not None else None
-        self._prototype_stats = self.scorer.stats(self.prototypes) if self.prototypes is not None else None
         self.max_frames = round(MAX_AUDIO_SECONDS / self.features_config.frame_seconds)
         self.batcher = Batcher(self._run_batch, MAX_BATCH)
         self.fingerprint = fingerprint(checkpoint)
@@ -310,19 +309,19 @@ class Recognizer:
                                    len(features) > inside.frames)
 
     def scores(self, embedding: torch.Tensor) -> tuple[list[str], torch.Tensor, torch.Tensor, list[bool]] | None:
-        """(E,) unit embedding -> names, (N,) decision scores, (N,) cosines, enrolled flags; None if no candidates."""
-        names, enrolled = self._enrolled()
-        if self.prototypes is None and enrolled is None:
+        """(E,) unit embedding -> names, (N,) decision scores, (N,) cosines, enrolled flags; None if no candidates.
+
+        The known speakers are scored by prototype, the enrolled ones by voiceprint, all with one rule: the
+        enrolled speakers' clips join the cohort of every trial but their own (`Scorer.score_speakers`)."""
+        enrolled = self._enrolled()
+        if self.prototypes is None and enrolled.embeddings is None:
             return None
-        cosines, scores, stats = [], [], self.scorer.stats(embedding[None])
-        for speakers, speaker_stats in ((self.prototypes, self._prototype_stats),
-                                        (enrolled, self.scorer.stats(enrolled) if enrolled is not None else None)):
-            if speakers is not None:
-                cosines.append(cosine(embedding[None], speakers)[0])
-                scores.append(self.scorer.score(embedding[None], speakers, stats, speaker_stats)[0])
         known = self.speakers if self.prototypes is not None else []
-        flags = [False] * len(known) + [True] * len(names)
-        return known + names, torch.cat(scores), torch.cat(cosines), flags
+        candidates = torch.cat([c for c in (self.prototypes, enrolled.embeddings) if c is not None])
+        owners = enrolled.owners + len(known) if enrolled.owners is not None else None
+        scores = self.scorer.score_speakers(embedding[None], candidates, enrolled.clips, owners)[0]
+        flags = [False] * len(known) + [True] * len(enrolled.names)
+        return known + enrolled.names, scores, cosine(embedding[None], candidates)[0], flags
 
     def decide(self, embedding: torch.Tensor, logits: torch.Tensor, seconds: float, notes: list[str],
                top_k: int = 5, speech: SpeechCheck | None = None) -> Identification:
@@ -366,10 +365,8 @@ class Recognizer:
         return Verification(score, score >= threshold, threshold, float(cosine(a, b)[0, 0]), self.scorer.kind)
 
     # -- enrollment --------------------------------------------------------------------------
-    def _enrolled(self):
-        if self.gallery is None:
-            return [], None
-        return self.gallery.embeddings()
+    def _enrolled(self) -> Enrolled:
+        return self.gallery.enrolled() if self.gallery is not None else Enrolled([], None, None, None)
 
     def enroll(self, name: str, sources: list, replace: bool = False) -> str:
         """Store the mean embedding of 1-5 clips under `name`; returns the stored (sanitised) name.
@@ -392,7 +389,8 @@ class Recognizer:
             raise InputError(_taken(stored))
         embeddings = torch.stack([self.speech_embedding(s, f"clip {i + 1}") for i, s in enumerate(sources)])
         try:
-            return self.gallery.add(clean, centroid(embeddings), len(sources), replace=replace)
+            return self.gallery.add(clean, centroid(embeddings), len(sources), replace=replace,
+                                    clip_embeddings=embeddings)
         except NameTaken as taken:  # enrolled by someone else while these clips were embedded
             raise InputError(_taken(taken.name)) from None
         except ValueError as error:  # a voiceprint the gallery refuses (e.g. clips that cancel out)

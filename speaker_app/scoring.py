@@ -41,6 +41,12 @@ class Scorer:
     which are averaged. Both sides' cohort comparisons depend only on that side,
     so stored speakers' statistics are computed once (`stats`).
 
+    Clips scored against enrolled speakers (`score_speakers`) also take the
+    enrolled speakers' own clips into the cohort, each trial leaving out the
+    clips of the speaker it is against: speakers enrolled from one recording
+    condition then normalise one another, which no training speaker can do for a
+    condition the model never trained on.
+
     cohort: (K, E) embeddings of speakers that are neither tested nor enrolled
     (training speakers' class weights); None scores by raw cosine.
     """
@@ -62,14 +68,16 @@ class Scorer:
     def describe(self) -> str:
         if self.cohort is None:
             return "cosine similarity"
-        return f"cosine adaptively s-normalised (AS-norm, top {self.top_k} of a {len(self.cohort)}-speaker cohort)"
+        return (f"cosine adaptively s-normalised (AS-norm, top {self.top_k} of a {len(self.cohort)}-speaker cohort "
+                "and the other enrolled speakers' clips)")
+
+    def _top(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """(N, E) -> (N, top_k) each row's highest cosines with the cohort."""
+        return cosine(embeddings, self.cohort).topk(self.top_k, dim=-1).values
 
     def stats(self, embeddings: torch.Tensor) -> CohortStats | None:
         """(N, E) -> mean and std of each row's top_k cohort cosines; None without a cohort."""
-        if self.cohort is None:
-            return None
-        top = cosine(embeddings, self.cohort).topk(self.top_k, dim=-1).values  # (N, top_k)
-        return CohortStats(top.mean(-1), top.std(-1).clamp(min=1e-4))
+        return _top_stats(self._top(embeddings), self.top_k) if self.cohort is not None else None
 
     def score(self, left: torch.Tensor, right: torch.Tensor, left_stats: CohortStats | None = None,
               right_stats: CohortStats | None = None) -> torch.Tensor:
@@ -79,9 +87,43 @@ class Scorer:
             return raw
         left_stats = left_stats if left_stats is not None else self.stats(left)
         right_stats = right_stats if right_stats is not None else self.stats(right)
-        left_z = (raw - left_stats.mean[:, None]) / left_stats.std[:, None]
-        right_z = (raw - right_stats.mean[None, :]) / right_stats.std[None, :]
-        return (left_z + right_z) / 2
+        return _as_norm(raw, left_stats.mean[:, None], left_stats.std[:, None],
+                        right_stats.mean[None, :], right_stats.std[None, :])
+
+    def score_speakers(self, clips: torch.Tensor, speakers: torch.Tensor, enrolled: torch.Tensor | None = None,
+                       owners: torch.Tensor | None = None) -> torch.Tensor:
+        """(N, E) clips vs (M, E) speakers -> (N, M) scores, the speakers' enrollment clips in the cohort.
+
+        enrolled: (G, E) enrollment clips, owners: (G,) the column of the speaker each belongs to
+        (-1: none of them). Column j's cohort is the stored one plus every enrollment clip not of
+        speaker j, on both sides of the trial. Without enrollment clips, or without a cohort, it is `score`.
+        """
+        if self.cohort is None or enrolled is None or len(enrolled) == 0:
+            return self.score(clips, speakers)
+        if owners is None or owners.shape != (len(enrolled),):
+            raise ValueError(f"owners must give one column per enrollment clip: {len(enrolled)}")
+        raw = cosine(clips, speakers)
+        clip_top, speaker_top = self._top(clips), self._top(speakers)  # (N, k), (M, k)
+        clip_enrolled, speaker_enrolled = cosine(clips, enrolled), cosine(speakers, enrolled)  # (N, G), (M, G)
+        everyone = _top_stats(torch.cat([clip_top, clip_enrolled], 1), self.top_k)  # for columns owning no clip
+        scores = torch.empty_like(raw)
+        for j in range(len(speakers)):
+            others = owners != j
+            left = everyone if others.all() else _top_stats(torch.cat([clip_top, clip_enrolled[:, others]], 1),
+                                                            self.top_k)
+            right = _top_stats(torch.cat([speaker_top[j], speaker_enrolled[j, others]])[None], self.top_k)
+            scores[:, j] = _as_norm(raw[:, j], left.mean, left.std, right.mean, right.std)
+        return scores
+
+
+def _top_stats(values: torch.Tensor, top_k: int) -> CohortStats:
+    """(N, X) cohort cosines -> mean and std of each row's top_k."""
+    top = values.topk(top_k, dim=-1).values
+    return CohortStats(top.mean(-1), top.std(-1).clamp(min=1e-4))
+
+
+def _as_norm(raw, left_mean, left_std, right_mean, right_std):
+    return ((raw - left_mean) / left_std + (raw - right_mean) / right_std) / 2
 
 
 # -- error rates --------------------------------------------------------------------------------

@@ -97,6 +97,27 @@ def test_as_norm_scores_with_the_cohort_and_its_own_thresholds(tmp_path):
     assert (result.best is not None) == (float(expected.max()) >= 2.0)
 
 
+def test_enrolled_speakers_clips_normalise_the_other_speakers_scores(tmp_path):
+    cohort = F.normalize(torch.randn(40, 6, generator=torch.Generator().manual_seed(0)), dim=-1)
+    calibration = {**CALIBRATION, "score": {"kind": "as-norm", "top_k": 10},
+                   "identification": {"threshold": 2.0, "method": "made up"}}
+    recognizer = Recognizer(checkpoint(calibration, cohort), tmp_path / "gallery.json")
+    ann = F.normalize(torch.randn(3, 6, generator=torch.Generator().manual_seed(1)), dim=-1)
+    recognizer.gallery.add("ann", F.normalize(ann.mean(0), dim=-1), 3, clip_embeddings=ann)
+    bob = F.normalize(axis(4) + 0.2 * axis(5), dim=-1)
+    recognizer.gallery.add("bob", bob, 1)  # enrolled before clips were kept: its voiceprint is its one clip
+    embedding = F.normalize(axis(0) + 0.3 * axis(4), dim=-1)
+    names, scores, _, _ = recognizer.scores(embedding)
+    scores = dict(zip(names, scores.tolist()))
+    enrolled = recognizer.gallery.enrolled()
+    candidates = torch.cat([torch.eye(6)[:3], enrolled.embeddings])
+    for j, name in enumerate(SPEAKERS + ["ann", "bob"]):
+        others = torch.cat([cohort, enrolled.clips[enrolled.owners + 3 != j]])
+        expected = Scorer(others, 10).score(embedding[None], candidates[j:j + 1])[0, 0]
+        assert scores[name] == pytest.approx(float(expected), abs=1e-5)
+    assert torch.allclose(enrolled.clips[:3], ann, atol=1e-6) and enrolled.owners.tolist() == [0, 0, 0, 1]
+
+
 def test_old_calibration_records_still_work():
     recognizer = Recognizer(checkpoint({"threshold": 0.5, "eer": 0.08, "method": "EER point"}))
     decisions = recognizer.decisions

@@ -55,8 +55,11 @@ def test_enroll_verify_and_persist(recognizer, checkpoint, tmp_path):
     assert name == "Ann .." and recognizer.gallery.names() == [name]
     result = recognizer.identify(clips[0], top_k=len(SPEAKERS) + 1)
     assert name in [m.name for m in result.matches]
-    again = Recognizer(checkpoint, tmp_path / "gallery.json")  # survives a restart
+    again = Recognizer(checkpoint, tmp_path / "gallery.json")  # survives a restart, with each clip's embedding
     assert again.gallery.names() == [name]
+    stored = again.gallery.enrolled()
+    assert stored.clips.shape == (3, 16) and stored.owners.tolist() == [0, 0, 0]
+    assert torch.allclose(stored.clips[0], recognizer.embed(clips[0]), atol=1e-5)
     assert recognizer.verify(clips[0], clips[0]).same
     assert recognizer.forget(name) and recognizer.gallery.names() == []
     with pytest.raises(InputError, match="one to five"):

@@ -96,7 +96,21 @@ def test_1_the_gallery_refuses_to_write_a_voiceprint_it_could_not_score(recogniz
     before = recognizer.gallery.path.read_text()
     with pytest.raises(ValueError, match=problem):
         recognizer.gallery.add("poison", embedding, 1)
+    with pytest.raises(ValueError, match=problem):  # nor as one of its clips
+        recognizer.gallery.add("poison", UNIT, 2, clip_embeddings=[UNIT, embedding])
+    with pytest.raises(ValueError, match="2 clips, but 1 clip embeddings"):
+        recognizer.gallery.add("poison", UNIT, 2, clip_embeddings=UNIT[None])
     assert recognizer.gallery.names() == ["ann"] and recognizer.gallery.path.read_text() == before
+
+
+def test_1_a_poisoned_clip_embedding_in_the_gallery_is_set_aside(recognizer):
+    recognizer.enroll("ann", [clip(1), clip(2)])
+    data = json.loads(recognizer.gallery.path.read_text())
+    assert len(data["speakers"]["ann"]["clip_embeddings"]) == 2
+    data["speakers"]["poison"] = {**data["speakers"]["ann"], "clip_embeddings": [[float("nan")] * 16]}
+    recognizer.gallery.path.write_text(json.dumps(data))
+    again = Recognizer(recognizer.checkpoint, recognizer.gallery.path)
+    assert again.gallery.names() == ["ann"] and any("'poison' was set aside" in n for n in again.gallery.notices)
 
 
 @pytest.mark.parametrize("broken", ["every weight", "the margin head"])  # NaN embeddings and logits, or logits only

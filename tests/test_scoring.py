@@ -72,6 +72,25 @@ def test_as_norm_is_the_mean_of_two_z_scores_over_top_k_cohort_scores():
     assert scorer.kind == "as-norm" and Scorer(cohort, top_k=500).top_k == 20
 
 
+def test_each_speakers_trials_take_the_other_speakers_enrollment_clips_into_the_cohort():
+    generator = torch.Generator().manual_seed(1)
+    cohort, clips, speakers, enrolled = (torch.randn(n, 8, generator=generator) for n in (20, 4, 3, 5))
+    owners = torch.tensor([0, 0, 1, 1, -1])  # speaker 2 has no clips here (a known speaker's prototype)
+    scorer = Scorer(cohort, top_k=6)
+    scores = scorer.score_speakers(clips, speakers, enrolled, owners)
+    for j in range(3):
+        others = Scorer(torch.cat([cohort, enrolled[owners != j]]), top_k=6)
+        assert torch.allclose(scores[:, j], others.score(clips, speakers[j:j + 1])[:, 0], atol=1e-5)
+    assert not torch.allclose(scores, scorer.score(clips, speakers), atol=1e-3)
+    assert torch.equal(scorer.score_speakers(clips, speakers), scorer.score(clips, speakers))
+    moved = enrolled.clone()
+    moved[:2] = torch.randn(2, 8, generator=generator)  # speaker 0's own clips never touch its column
+    assert torch.allclose(scorer.score_speakers(clips, speakers, moved, owners)[:, 0], scores[:, 0], atol=1e-6)
+    assert torch.equal(Scorer(None).score_speakers(clips, speakers, enrolled, owners), cosine(clips, speakers))
+    with pytest.raises(ValueError, match="one column per enrollment clip"):
+        scorer.score_speakers(clips, speakers, enrolled, owners[:3])
+
+
 def test_without_a_cohort_scores_are_cosines():
     a, b = torch.randn(3, 8), torch.randn(5, 8)
     scorer = Scorer(None)

@@ -118,7 +118,8 @@ def enrollment_trials(names: list[str], keys: list[str], embeddings: torch.Tenso
                       scorer: Scorer | None = None) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """Enroll each speaker with more than n_enroll clips from its first n_enroll (by key); score each
     of the rest against every enrolled speaker: (scores (N, S), the true speaker's column (N,), the S
-    enrolled names). Scores are cosine similarities, or the scorer's (AS-norm against a cohort)."""
+    enrolled names). Scores are cosine similarities, or the scorer's as the app makes them: AS-norm
+    against the cohort and the other enrolled speakers' clips (`Scorer.score_speakers`)."""
     by_speaker = defaultdict(list)
     for i in sorted(range(len(names)), key=lambda i: (names[i], keys[i])):
         by_speaker[names[i]].append(i)
@@ -126,11 +127,13 @@ def enrollment_trials(names: list[str], keys: list[str], embeddings: torch.Tenso
     if len(usable) < 2:
         raise SystemExit(f"error: --enroll {n_enroll} needs at least two speakers with more than {n_enroll} clips")
     enrolled = sorted(usable)
-    centroids = torch.stack([centroid(embeddings[usable[s][:n_enroll]]) for s in enrolled])
+    clips = embeddings[[i for s in enrolled for i in usable[s][:n_enroll]]]  # (S * n_enroll, E)
+    centroids = torch.stack([centroid(rows) for rows in clips.split(n_enroll)])
+    owners = torch.arange(len(enrolled)).repeat_interleave(n_enroll)
     tests = [(enrolled.index(s), i) for s in enrolled for i in usable[s][n_enroll:]]
     labels = torch.tensor([label for label, _ in tests])
     tested = embeddings[[i for _, i in tests]]
-    scores = scorer.score(tested, centroids) if scorer else cosine(tested, centroids)  # (N, S)
+    scores = scorer.score_speakers(tested, centroids, clips, owners) if scorer else cosine(tested, centroids)  # (N, S)
     return scores, labels, enrolled
 
 

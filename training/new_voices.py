@@ -191,8 +191,8 @@ def open_set(checkpoint: Checkpoint, unseen: list[Clip], unseen_embedded: Embedd
         for speaker, rows in sorted(by_speaker.items()):
             rows = sorted(rows, key=lambda i: unseen[i].path)
             if len(rows) > ENROLL:
-                enrolled[speaker] = recognizer.gallery.add(speaker, centroid(unseen_embedded.embeddings[rows[:ENROLL]]),
-                                                           ENROLL)
+                clips = unseen_embedded.embeddings[rows[:ENROLL]]
+                enrolled[speaker] = recognizer.gallery.add(speaker, centroid(clips), ENROLL, clip_embeddings=clips)
                 targets += rows[ENROLL:]
             else:
                 strangers += rows
