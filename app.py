@@ -286,7 +286,7 @@ def identify_tab(handlers: Handlers, config, visitor: list):
 def enroll_tab(handlers: Handlers, visitor: list):
     gr.Markdown("Enroll a new speaker from one to five clips; identification then considers them "
                 "beside the model's own speakers. Each microphone recording is added to the clips when you stop it. "
-                "The clips are deleted from the server once enrolled; only the voiceprint (an embedding) is kept"
+                "The clips are deleted from the server once enrolled; only the voiceprint (embeddings: the clips' mean and each clip's) is kept"
                 + (", in this browser session only." if handlers.per_visitor else "."))
     notices = handlers.recognizer.gallery.notices if handlers.recognizer.gallery is not None else []
     if notices:
