@@ -82,7 +82,7 @@ def test_the_command_calibrates_and_the_app_reads_it(speech_dir, tmp_path):
     assert out.cohort.shape == (5, 8) and out.info["cohort"]["sources"] == ["asterisk"]
     assert record["score"] == {"kind": "as-norm", "top_k": 3, "cohort_size": 5,
                                "describe": "cosine adaptively s-normalised (AS-norm, top 3 of a 5-speaker cohort "
-                                                           "and the other enrolled speakers' clips)"}
+                                           "and the other enrolled speakers' clips)"}
     identification = record["identification"]
     assert identification["trials"]["known_clips"] == 12 and identification["trials"]["unseen_clips"] == 12
     assert identification["unseen"]["sources"] == ["emodb", "fsdd"] and identification["known"]["speakers"] == 2
