@@ -8,6 +8,7 @@ import sys
 import pytest
 import torch
 
+from speaker_app.checkpoint import load_checkpoint, save_checkpoint
 from tests.conftest import ROOT
 from training.config import TrainConfig
 
@@ -80,6 +81,22 @@ def test_enrollment_on_an_audio_folder(speech_dir, trained):
     assert result["n"] == 2 * 120 and result["n_unknown_speaker"] == 3 * 120
     assert result["enroll_top1"] > 0.4 and result["eer"] < 0.4, result  # chance: 0.2 and 0.5
     assert 0 <= result["min_dcf"] <= 1 and 0 <= result["pair_min_dcf"] <= 1 and "pair_eer" in result
+    assert "as_norm" not in result  # scored by cosine in the app too
+
+
+def test_enrollment_is_also_scored_as_the_app_scores(speech_dir, trained, tmp_path):
+    checkpoint = load_checkpoint(trained / "best.pt")
+    cohort = torch.nn.functional.normalize(torch.randn(40, checkpoint.model_config.emb_dim,
+                                                       generator=torch.Generator().manual_seed(0)), dim=-1)
+    checkpoint.cohort, checkpoint.info["calibration"] = cohort, {"score": {"kind": "as-norm", "top_k": 10}}
+    save_checkpoint(checkpoint, tmp_path / "as-norm.pt")
+    out = run("training.evaluate", "--checkpoint", str(tmp_path / "as-norm.pt"), "--audio-dir", str(speech_dir),
+              "--include", "vcc2016/S*", "--enroll", "5", "--json")
+    result = json.loads(out.strip().splitlines()[-1])
+    scored = result["as_norm"]
+    assert "top 10 of a 40-speaker cohort" in scored["score"] and "scored as the app does" in out
+    assert scored["enroll_speakers"] == 5 and scored["enroll_test_clips"] == result["enroll_test_clips"]
+    assert scored["enroll_top1"] > 0.4 and scored["eer"] < 0.4 and scored["eer"] != result["eer"], result
 
 
 def test_predict_writes_the_course_csv(prepared, trained, tmp_path):

@@ -11,7 +11,9 @@ and per source (the first part of `source/speaker` names).
 --enroll N treats the speakers as new: each is enrolled from its first N clips
 (sorted by name), the rest are identified among the enrolled speakers by cosine
 similarity, and the equal error rate and minDCF (p_target 0.01) are measured over
-all clip-vs-speaker trials.
+all clip-vs-speaker trials. When the checkpoint's decisions use AS-norm, the same
+is measured again with the app's scores (`as_norm` in the JSON): AS-norm against
+its cohort and the other enrolled speakers' clips.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from speaker_app.inference import infer
 from speaker_app.scoring import Scorer, centroid, cosine, equal_error_rate, min_dcf
 
 from speaker_app.configs import from_dict
+from speaker_app.decisions import Decisions
 
 from .config import TrainConfig
 from .data import DataError, load_features, read_labelled, read_speakers, read_test, split_utterances
@@ -170,9 +173,22 @@ def evaluate(checkpoint_path: Path, data: Path | None = None, audio_dir: Path | 
               **pair_verification(list(names), outputs.embeddings)}
     if enroll:
         result.update(enrollment(list(names), list(keys), outputs.embeddings, enroll))
+        scorer = app_scorer(checkpoint)
+        if scorer is not None:
+            result["as_norm"] = {"score": scorer.describe(),
+                                 **enrollment(list(names), list(keys), outputs.embeddings, enroll, scorer)}
     elif result["n"] == 0:
         raise SystemExit("error: none of these speakers is known to the model; use --enroll N to enroll them")
     return result
+
+
+def app_scorer(checkpoint) -> Scorer | None:
+    """The scorer the app decides with when it is AS-norm, else None."""
+    try:
+        decisions = Decisions.from_calibration(checkpoint.info.get("calibration"), checkpoint.cohort is not None)
+    except ValueError as error:
+        raise SystemExit(f"error: the checkpoint's calibration is unusable: {error}")
+    return Scorer(checkpoint.cohort, decisions.top_k) if decisions.score == "as-norm" else None
 
 
 def report(result: dict) -> str:
@@ -190,6 +206,10 @@ def report(result: dict) -> str:
         lines.append(f"enrolled {result['enroll_speakers']} speakers from {result['enroll_clips']} clips each: "
                      f"identification {result['enroll_top1']:.4f} on {result['enroll_test_clips']} clips, "
                      f"EER {result['eer']:.4f} at cosine {result['eer_threshold']:.3f}, minDCF(0.01) {result['min_dcf']:.4f}")
+    if "as_norm" in result:
+        scored = result["as_norm"]
+        lines.append(f"  scored as the app does ({scored['score']}): identification {scored['enroll_top1']:.4f}, "
+                     f"EER {scored['eer']:.4f}, minDCF(0.01) {scored['min_dcf']:.4f}")
     return "\n".join(lines)
 
 
