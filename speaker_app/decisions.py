@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .scoring import DEFAULT_TOP_K
+from .scoring import DEFAULT_TOP_K, Scorer
 
 SCORES = ("cosine", "as-norm")
 DEFAULT_THRESHOLD = {"cosine": 0.5, "as-norm": 3.0}  # rough guesses for uncalibrated checkpoints
@@ -90,6 +90,10 @@ class Decisions:
         if not (slope > 0 and temperature > 0):
             raise ValueError(f"calibration needs a positive slope and temperature, got {slope}, {temperature}")
         return cls(score, top_k, identification, verification, slope, temperature, method, fitted)
+
+    def scorer(self, cohort: torch.Tensor | None) -> Scorer:
+        """The scorer these decisions are made on: AS-norm against the cohort, or cosine."""
+        return Scorer(cohort if self.score == "as-norm" else None, self.top_k)
 
     def p_known(self, best_score: float) -> float:
         """Probability that the speaker is one of those compared with, from the best score; at most 0.99."""

@@ -31,7 +31,7 @@ from .features import AudioError, FeatureError, check_features, features_from_ar
 from .files import TensorFileError, load_tensor_file
 from .gallery import Enrolled, Gallery, NameTaken, name_key, sanitise_name
 from .inference import infer, infer_explained
-from .scoring import Scorer, centroid, cosine
+from .scoring import centroid, cosine
 from .speech import SpeechCheck, check_speech
 
 FEATURE_SUFFIXES = (".pt", ".npy")
@@ -123,8 +123,7 @@ class Recognizer:
             self.decisions = Decisions.from_calibration(self.calibration, checkpoint.cohort is not None, scale)
         except ValueError as error:
             raise CheckpointError(f"checkpoint's calibration is unusable: {error}") from None
-        cohort = checkpoint.cohort if self.decisions.score == "as-norm" else None
-        self.scorer = Scorer(cohort, self.decisions.top_k)
+        self.scorer = self.decisions.scorer(checkpoint.cohort)
         head_weight = getattr(self.model.head, "weight", None)
         # AM-softmax class vectors live in the embedding space: they are the known speakers' prototypes.
         self.prototypes = F.normalize(head_weight.detach(), dim=-1) if head_weight is not None else None

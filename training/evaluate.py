@@ -174,7 +174,7 @@ def evaluate(checkpoint_path: Path, data: Path | None = None, audio_dir: Path | 
     if enroll:
         result.update(enrollment(list(names), list(keys), outputs.embeddings, enroll))
         scorer = app_scorer(checkpoint)
-        if scorer is not None:
+        if scorer.kind == "as-norm":
             result["as_norm"] = {"score": scorer.describe(),
                                  **enrollment(list(names), list(keys), outputs.embeddings, enroll, scorer)}
     elif result["n"] == 0:
@@ -182,13 +182,13 @@ def evaluate(checkpoint_path: Path, data: Path | None = None, audio_dir: Path | 
     return result
 
 
-def app_scorer(checkpoint) -> Scorer | None:
-    """The scorer the app decides with when it is AS-norm, else None."""
+def app_scorer(checkpoint) -> Scorer:
+    """The scorer the app decides with (speaker_app.recognizer)."""
     try:
         decisions = Decisions.from_calibration(checkpoint.info.get("calibration"), checkpoint.cohort is not None)
     except ValueError as error:
         raise SystemExit(f"error: the checkpoint's calibration is unusable: {error}")
-    return Scorer(checkpoint.cohort, decisions.top_k) if decisions.score == "as-norm" else None
+    return decisions.scorer(checkpoint.cohort)
 
 
 def report(result: dict) -> str:
