@@ -60,7 +60,8 @@ def resident_mb() -> float:
 def build(kind: str, threads: int, onnx_path: Path | None = None):
     """-> (model with `embed`, parameter count)."""
     from speaker_app.ecapa import ecapa_config
-    from speaker_app.model import ModelConfig, build_model
+    from speaker_app.model import ModelConfig
+    from speaker_app.registry import build_model
 
     if kind == "onnx":
         from speaker_app.onnx_model import load_onnx
@@ -75,7 +76,8 @@ def export_default(path: Path) -> None:
     """The default ModelConfig with random weights, exported as `training.export` does."""
     from speaker_app.checkpoint import Checkpoint
     from speaker_app.features import FeatureConfig
-    from speaker_app.model import ModelConfig, build_model
+    from speaker_app.model import ModelConfig
+    from speaker_app.registry import build_model
     from training.export import export
 
     speakers = [f"speaker{i}" for i in range(N_SPEAKERS)]

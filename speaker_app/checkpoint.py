@@ -15,7 +15,8 @@ import torch
 
 from .features import FeatureConfig
 from .files import TensorFileError, atomic_write, load_tensor_file, previous_path
-from .model import ModelConfig, SpeakerModel, build_model
+from .model import ModelConfig, SpeakerModel
+from .registry import build_model
 
 FORMAT_VERSION = 2  # 2: model configs name every architecture choice of their time (a field they lack: its LEGACY value)
 

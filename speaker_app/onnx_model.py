@@ -29,7 +29,8 @@ from torch import nn
 
 from .checkpoint import Checkpoint, CheckpointError, check_cohort
 from .features import FeatureConfig
-from .model import MarginHead, ModelConfig, build_model
+from .model import MarginHead, ModelConfig
+from .registry import build_model
 
 INSTALL = "pip install onnxruntime onnx"
 HEAD_TOLERANCE = 1e-3  # max |logit difference| between the rebuilt head and the graph's logits
