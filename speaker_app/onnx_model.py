@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import Checkpoint, CheckpointError, check_cohort
+from .checkpoint_format import Checkpoint, CheckpointError, check_cohort
 from .features import FeatureConfig
 from .model import MarginHead, ModelConfig
 from .registry import build_model
