@@ -389,7 +389,7 @@ class ModelConfig:
     aggregate: str = "mfa"
     pooling: str = "frame"
     time_stride: str = "first"
-    stats_norm: str = "batch"  # as in ECAPA-TDNN: +5 points at 250 steps on the 31 speakers (bench/RESULTS.md)
+    stats_norm: str = "batch"  # as in ECAPA-TDNN: +5 points at 250 steps (bench/notes/2026-12-02-pooled-statistics-norm.md)
     dropout: float = 0.0  # none by default: at short budgets it did not help, and it costs ~28 % of a CPU step
     emb_dim: int = 192
     head: str = "am"
@@ -637,7 +637,7 @@ class Ensemble(nn.Module):
     The embedding is the members' unit embeddings concatenated and scaled by 1/sqrt(k): itself of unit
     norm, so that the cosine of two is the mean of the members' cosines. Independent runs err on
     different clips, so their mean score sets voices apart better than any one of them
-    (bench/RESULTS.md, "Ensembles"). Attention maps and pooling weights are the first member's.
+    (bench/notes/2026-12-06-ensembles.md). Attention maps and pooling weights are the first member's.
     """
 
     def __init__(self, config: ModelConfig, members: list[SpeakerModel]):
