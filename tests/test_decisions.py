@@ -9,8 +9,9 @@ import torch.nn.functional as F
 from speaker_app.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from speaker_app.decisions import MAX_PROBABILITY, Decisions
 from speaker_app.features import FeatureConfig
-from speaker_app.model import ModelConfig, build_model
+from speaker_app.model import ModelConfig
 from speaker_app.recognizer import Recognizer
+from speaker_app.registry import build_model
 from speaker_app.scoring import Scorer
 from speaker_app.speech import SpeechCheck
 
