@@ -186,11 +186,14 @@ class Handlers:
             before = recognizer.gallery.find(name or "")
         except ValueError:  # an invalid name: enroll says why
             before = None
-        stored = recognizer.enroll(name or "", clips, replace=bool(replace))
+        enrolled = recognizer.enroll_report(name or "", clips, replace=bool(replace))
         self._delete_uploads(clips)
         verb = "Replaced" if before is not None else "Enrolled"
-        message = (f"{verb} **{describe.markdown_text(stored)}** from {len(clips)} clip{'s' * (len(clips) > 1)}. "
-                   "The Identify tab now considers this speaker too.")
+        pieces = f", cut into {enrolled.clips} pieces" if enrolled.clips > len(clips) else ""
+        message = (f"{verb} **{describe.markdown_text(enrolled.name)}** from {len(clips)} clip{'s' * (len(clips) > 1)} "
+                   f"({enrolled.seconds:.1f} s of speech{pieces}). The Identify tab now considers this speaker too.")
+        if enrolled.advice:
+            message += "\n\n" + "\n".join(f"- **Advice:** {describe.markdown_text(a)}" for a in enrolled.advice)
         return (message, *self.gallery(recognizer.gallery), *self._visitor(recognizer))
 
     @staticmethod
@@ -283,11 +286,24 @@ def identify_tab(handlers: Handlers, config, visitor: list):
         menu.change(handlers.show_attention, [explanation, layer, head], attention_plot, api_visibility="private")
 
 
+RECORD_SECONDS = (20, 30)  # bench.gallery: one recording of 20-30 s enrolls about as well as 5 clips
+PARAGRAPH = ("On a cold morning the harbour was quiet. A few boats rocked by the pier, and a man in a yellow coat "
+             "was painting numbers on their sides. Somewhere a radio played an old song about the sea. By nine "
+             "o'clock the fog had lifted, the market opened, and the first visitors walked slowly along the water, "
+             "looking for coffee, fresh bread and a place to sit in the sun.")
+ENROLL_GUIDE = (f"**For the best chance of being recognised:** record yourself reading the paragraph below, about "
+                f"{RECORD_SECONDS[0]}-{RECORD_SECONDS[1]} s, in a quiet room, with the microphone you will use later "
+                "and at your usual voice and distance; stop the recorder, then press Enroll. Several clips work too: "
+                "the more speech, the better (a few seconds each, the same person only). The app says when an "
+                f"enrollment holds too little speech or when its parts do not sound alike.\n\n> {PARAGRAPH}")
+
+
 def enroll_tab(handlers: Handlers, visitor: list):
-    gr.Markdown("Enroll a new speaker from one to five clips; identification then considers them "
-                "beside the model's own speakers. Each microphone recording is added to the clips when you stop it. "
+    gr.Markdown("Enroll a new speaker from one microphone recording or one to five clips; identification then "
+                "considers them beside the model's own speakers. "
                 "The clips are deleted from the server once enrolled; only the voiceprint (embeddings: the clips' mean and each clip's) is kept"
                 + (", in this browser session only." if handlers.per_visitor else "."))
+    gr.Markdown(ENROLL_GUIDE, elem_id="enroll-guide")
     notices = handlers.recognizer.gallery.notices if handlers.recognizer.gallery is not None else []
     if notices:
         gr.Markdown("**When the gallery was opened:** " + "; ".join(describe.markdown_text(n) for n in notices),
@@ -297,7 +313,8 @@ def enroll_tab(handlers: Handlers, visitor: list):
             name = gr.Textbox(label="Name", max_lines=1, max_length=64, elem_id="enroll-name")
             clips = gr.File(file_count="multiple", file_types=["audio", ".pt", ".npy"], label="Clips (1 to 5)",
                             elem_id="enroll-clips")
-            recording = gr.Audio(sources=["microphone"], type="filepath", label="Record a clip")
+            recording = gr.Audio(sources=["microphone"], type="filepath", elem_id="enroll-recording",
+                                 label=f"Record (read the paragraph, about {RECORD_SECONDS[0]}-{RECORD_SECONDS[1]} s)")
             replace = gr.Checkbox(False, label="Replace the voiceprint if this name is enrolled already",
                                   elem_id="enroll-replace")
             button = gr.Button("Enroll", variant="primary")

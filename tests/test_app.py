@@ -220,6 +220,14 @@ def test_enrolled_names_are_shown_literally(untrained):
     assert "### \\[win\\]\\(javascript:go\\) \\*now\\*\n" in verdict
 
 
+def test_enrollment_advises_when_it_holds_too_little_speech(handlers, speech_dir):
+    message, *_ = handlers.enroll("Brief", [str(JUNE)])
+    assert "Enrolled **Brief** from 1 clip (" in message and "- **Advice:** only" in message
+    allison = sorted((speech_dir / "asterisk" / "allison").glob("en_US__*.flac"))
+    message, *_ = handlers.enroll("Plenty", [str(a) for a in allison[:5]])
+    assert "only" not in message  # 5 clips of a few seconds each
+
+
 def test_recordings_join_the_enrollment_clips():
     assert app.Handlers.add_recording(["a.wav"], "b.wav") == (["a.wav", "b.wav"], None)
     assert app.Handlers.add_recording(None, None) == ([], None)

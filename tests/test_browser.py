@@ -77,6 +77,29 @@ def test_microphone_recording_is_identified(page):
     assert seconds >= 3  # the recording reached the model, not a fragment of it
 
 
+def test_one_long_microphone_recording_enrolls_a_speaker(page, app_server):
+    """The Enroll tab's main path: read a paragraph into the microphone for about 20 s, stop, enroll. The
+    recording is cut into pieces of a few seconds (checked against each other) and enrolled as one voiceprint."""
+    _, gallery = app_server
+    page.get_by_role("tab", name="Enroll").click()
+    sync_api.expect(page.locator("#enroll-guide")).to_contain_text("For the best chance")
+    recorder = page.locator("#enroll-recording")
+    recorder.get_by_role("button", name="Record", exact=True).click()
+    page.wait_for_timeout(20_000)  # the fake microphone loops a held-out clip of Allison
+    recorder.locator("button.stop-button").first.click()
+    sync_api.expect(page.locator("#enroll-clips")).to_contain_text(".wav", timeout=60_000)  # the recording joined
+    page.locator("#enroll-name input").fill("Reader")
+    page.get_by_role("button", name="Enroll", exact=True).click()
+    message = page.locator("#enroll-message")
+    sync_api.expect(message).to_contain_text("Enrolled Reader from 1 clip", timeout=ANSWER_SECONDS * 1000)
+    page.screenshot(path=SCREENSHOTS / "enroll-recording.png", full_page=True)
+    seconds = float(message.inner_text().split("(")[1].split(" s of speech")[0])
+    assert seconds >= 12  # most of the 20 s reached the model
+    assert "cut into" in message.inner_text()  # a long recording becomes several clips
+    assert "too little" not in message.inner_text()
+    sync_api.expect(page.locator("#enrolled-table")).to_contain_text("Reader")
+
+
 # -- per-visitor galleries (issue 14): one browser context cannot see or delete another's speakers --
 @pytest.fixture(scope="module")
 def visitors_app(tmp_path_factory):
