@@ -208,13 +208,13 @@ def enrollment_seconds_advice(answers: Answers, choice: Choice) -> dict:
     for low, high in zip(edges[:-1], edges[1:]):
         bucket = rows & (answers.own_enroll_seconds >= low) & (answers.own_enroll_seconds < high)
         if bucket.sum() >= 20:
-            table.append({"from_s": low, "to_s": high, "clips": int(bucket.sum()),
+            table.append({"from_s": low, "to_s": high if math.isfinite(high) else None, "clips": int(bucket.sum()),
                           "named_correctly": float((said & bucket).sum() / bucket.sum())})
     if not table:
         return {}
     best = max(t["named_correctly"] for t in table)
     enough = next(t for t in table if t["named_correctly"] >= 0.9 * best)
-    below = [t for t in table if t["to_s"] <= enough["from_s"]]
+    below = [t for t in table if t["to_s"] is not None and t["to_s"] <= enough["from_s"]]
     why = (f"in calibration galleries, speakers enrolled from less than {enough['from_s']:g} s of speech had "
            f"{sum(t['named_correctly'] * t['clips'] for t in below) / sum(t['clips'] for t in below):.0%} of their "
            f"later clips named correctly, against {enough['named_correctly']:.0%} from {enough['from_s']:g} s"
