@@ -30,6 +30,7 @@ import torch
 
 from speaker_app.checkpoint import Checkpoint, load_checkpoint
 from speaker_app.recognizer import Recognizer
+from speaker_app.speech import check_speech
 from training.dev_clips import audio_clips, read_speaker_list, source_of
 from training.gallery_calibration import MAX_STRANGERS_NAMED
 from training.gallery_scenario import (ENROLLMENTS, STRANGER_RATES, Outcome, Plan, answers, enroll_plan, outcomes,
@@ -47,13 +48,14 @@ class Split(NamedTuple):
     clips: list[Clip]
     embedded: Embedded
     seconds: list[float]  # seconds of speech of each clip
+    speech: list[bool]  # passes the speech check (the app enrolls only those)
 
     @property
     def speakers(self) -> list[str]:
         return [c.speaker for c in self.clips]
 
     def plan(self, enrollment: str) -> Plan:
-        return plan(self.speakers, [c.path for c in self.clips], self.seconds, enrollment)
+        return plan(self.speakers, [c.path for c in self.clips], self.seconds, enrollment, usable=self.speech)
 
 
 def load_split(checkpoint: Checkpoint, audio_dir: Path, speakers: list[str], max_clips: int) -> Split:
@@ -62,7 +64,8 @@ def load_split(checkpoint: Checkpoint, audio_dir: Path, speakers: list[str], max
     if skipped:
         print(f"{skipped} clips did not decode and are left out", file=sys.stderr)
     frame_seconds = checkpoint.feature_config.frame_seconds
-    return Split(clips, embed_ours(checkpoint, features), [len(f) * frame_seconds for f in features])
+    return Split(clips, embed_ours(checkpoint, features), [len(f) * frame_seconds for f in features],
+                 [check_speech(f).speech for f in features])
 
 
 def ours(checkpoint: Checkpoint, split: Split, enrollment: str, known: Split | None) -> tuple[list[Outcome], float]:
@@ -172,7 +175,7 @@ def main(argv=None) -> int:
     if held_out and args.speech.is_dir():
         clips, features, _ = decoded([Clip(c.rsplit("/", 1)[0], c) for c in held_out], args.speech,
                                      checkpoint.feature_config)
-        known = Split(clips, embed_ours(checkpoint, features), [])
+        known = Split(clips, embed_ours(checkpoint, features), [], [])
     results, known_correct = {}, {}
     for enrollment in ENROLLMENTS:
         results[("ours", enrollment)], known_correct[enrollment] = ours(checkpoint, test, enrollment, known)

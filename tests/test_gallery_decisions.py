@@ -90,6 +90,10 @@ def test_the_scenario_deals_each_source_into_enrolled_and_strangers():
     enrolled_rows = {r for rows in the_plan.enrolled.values() for r in rows}
     assert not enrolled_rows & set(the_plan.targets) and not enrolled_rows & set(the_plan.strangers)
     assert {clips.speakers[r] for r in the_plan.strangers}.isdisjoint(the_plan.enrolled)
+    refused = [i % 14 != 0 for i in range(len(clips.speakers))]  # every speaker's first clip is not speech
+    unusable = plan(clips.speakers, clips.keys, clips.seconds.tolist(), "3 clips", usable=refused)
+    assert all(refused[r] for rows in unusable.enrolled.values() for r in rows)
+    assert any(not refused[r] for r in unusable.targets)  # it may still be tested: the app answers "no speech"
     recording = plan(clips.speakers, clips.keys, clips.seconds.tolist(), "one recording")
     assert all(20 <= float(clips.seconds[rows].sum()) < 28 for rows in recording.enrolled.values())
 

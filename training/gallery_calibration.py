@@ -63,7 +63,7 @@ def simulate(scorer: Scorer, prototypes: torch.Tensor, known: Clips, known_label
     parts = []
     seconds = unseen.seconds.tolist()
     for enrollment in ENROLLMENTS:
-        the_plan = plan(unseen.speakers, unseen.keys, seconds, enrollment, seed)
+        the_plan = plan(unseen.speakers, unseen.keys, seconds, enrollment, seed, usable=unseen.speech.tolist())
         half = sorted(the_plan.enrolled)
         for size in sorted({min(s, len(half)) for s in sizes} - {0}):
             for draw in range(draws):

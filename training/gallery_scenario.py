@@ -47,39 +47,41 @@ class Plan(NamedTuple):
     strangers: list[int]  # rows of the strangers' clips
 
 
-def enrollment_rows(rows: list[int], seconds: list[float], enrollment: str) -> list[int] | None:
+def enrollment_rows(rows: list[int], seconds: list[float], enrollment: str, usable=None) -> list[int] | None:
     """The first of a speaker's rows (in name order) that make the enrollment, leaving at least one to test;
-    None if they cannot."""
+    None if they cannot. Rows that `usable` marks False (clips the speech check refuses, which the app
+    would not enroll) are passed over."""
+    candidates = [r for r in rows if usable is None or usable[r]]
     count = ENROLLMENTS[enrollment]
     if count:
-        return rows[:count] if len(rows) > count else None
+        return candidates[:count] if len(candidates) >= count and len(rows) > count else None
     total = 0.0
-    for i, row in enumerate(rows[:-1]):
+    for i, row in enumerate(candidates):
         total += seconds[row]
         if total >= RECORDING_SECONDS[0]:
-            return rows[: i + 1]
+            return candidates[: i + 1] if len(rows) > i + 1 else None
     return None
 
 
 def plan(speakers: list[str], paths: list[str], seconds: list[float], enrollment: str, seed: int = 0,
-         test_clips: int = TEST_CLIPS) -> Plan:
+         test_clips: int = TEST_CLIPS, usable=None) -> Plan:
     """Deal the speakers of clips (speakers[i], paths[i], seconds[i]) who can make `enrollment` into an enrolled
-    half and a stranger half, per source."""
+    half and a stranger half, per source; usable[i] False: the clip is never enrolled (it may be tested)."""
     by_speaker = defaultdict(list)
     for row, speaker in enumerate(speakers):
         by_speaker[speaker].append(row)
     eligible = defaultdict(list)
     for speaker, rows in sorted(by_speaker.items()):
         rows.sort(key=lambda r: paths[r])
-        if enrollment_rows(rows, seconds, enrollment) is not None:
+        if enrollment_rows(rows, seconds, enrollment, usable) is not None:
             eligible[source_of(speaker)].append(speaker)
     enrolled, targets, strangers = {}, [], []
     for source, group in sorted(eligible.items()):
         random.Random(f"{seed}/{source}").shuffle(group)
         for speaker in sorted(group[0::2]):
             rows = by_speaker[speaker]
-            enrolled[speaker] = enrollment_rows(rows, seconds, enrollment)
-            targets += rows[len(enrolled[speaker]):][:test_clips]
+            enrolled[speaker] = enrollment_rows(rows, seconds, enrollment, usable)
+            targets += [r for r in rows if r not in enrolled[speaker]][:test_clips]
         for speaker in sorted(group[1::2]):
             strangers += by_speaker[speaker][:test_clips]
     return Plan(enrollment, enrolled, targets, strangers)
