@@ -167,9 +167,10 @@ def report(ours: Timer, baseline: Timer | None, revision: str | None, http: list
               "Each stage: the median over the runs of the time spent in its functions (`bench/app_timer.py`, STAGES), "
               "less that of other stages inside them; `other` is the rest (the handlers, the label).", "",
               breakdown(timers)]
-    missing = [m for t in timers for m in t.facts["missing"]]
-    if missing:
-        lines.append(f"\nNot found, so counted in `other`: {', '.join(sorted(set(missing)))}.")
+    for timer in timers:
+        if timer.facts["missing"]:
+            lines.append(f"\n{timer.name} has none of the functions of {', '.join(timer.facts['missing'])}: "
+                         "counted in `other`.")
     return "\n".join(lines) + "\n"
 
 
