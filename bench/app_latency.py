@@ -9,7 +9,8 @@ rendered to PNG, the label), timed after two warm-up runs, with the app's torch 
 cores) unless --threads says otherwise, and broken down into stages: decoding, features (and the
 speech check), windows (cutting, padding, pooling the windows' embeddings), model (the network,
 every member of an ensemble), scoring (decisions, top-k, verdict), explanation (attention maps
-and pooling weights kept for the plots), figures (drawn) and PNG (rendered).
+and pooling weights kept for the plots), figures (built, or given their data) and drawing + PNG
+(Agg draws them, PNG encodes them).
 
 With --baseline REV, the same measurement runs on git revision REV (its files, from `git archive`,
 serving its own checkpoints/default.pt as it shipped, unless --baseline-checkpoint says otherwise)

@@ -31,17 +31,19 @@ STAGES = {
     "decoding": [("speaker_app.recognizer", "read_audio")],
     "features": [("speaker_app.recognizer", "features_from_array"), ("speaker_app.recognizer", "check_speech")],
     "windows": [("speaker_app.recognizer", "infer"), ("speaker_app.recognizer", "infer_explained")],
-    "model": [],  # the recognizer's network (embed, forward_intermediates): wrapped on the instance, see load()
+    "model": [],  # the recognizer's network and an ensemble's members (embed, forward_intermediates): see load()
     "scoring": [("speaker_app.recognizer", "Recognizer.decide"), ("speaker_app.describe", "top_speakers"),
                 ("speaker_app.describe", "verdict")],
     "explanation": [("speaker_app.recognizer", "shrink_map"), ("speaker_app.inference", "_crop")],
-    # drawn: by the handlers of the revision at hand (older ones return figures, newer ones their PNG)
+    # built, or given their data: by the handlers of the revision at hand (older ones return figures, newer
+    # ones draw into kept figures and return their PNG)
     "figures": [("app", "Handlers.features_plot"), ("app", "Handlers.show_attention"),
                 ("app", "Handlers.features_figure"), ("app", "Handlers.attention_figure")],
-    "PNG": [("speaker_app.plots", "png")],  # and Gradio's post-processing of the two plots, timed in run_once
+    # drawn by Agg and encoded: by the handlers (newer revisions) or Gradio's post-processing (run_once)
+    "drawing + PNG": [("speaker_app.plots", "png")],
 }
 ORDER = [*STAGES, "other"]
-TIMED_HERE = {"PNG"}  # also timed around Gradio's post-processing (run_once): never missing
+TIMED_HERE = {"drawing + PNG"}  # also timed around Gradio's post-processing (run_once): never missing
 
 
 class Clock:
@@ -125,8 +127,9 @@ def load(tree: str, checkpoint: str, threads: int):
     missing = wrap_by_name(clock)
     handlers = app.Handlers(app.load_recognizer(checkpoint, tempfile.mkdtemp()))
     model = handlers.recognizer.model
-    for method in ("embed", "forward_intermediates"):
-        setattr(model, method, clock.wrap("model", getattr(model, method)))
+    for network in [model, *getattr(model, "members", [])]:
+        for method in ("embed", "forward_intermediates"):
+            setattr(network, method, clock.wrap("model", getattr(network, method)))
     plot, label = gr.Plot(format="png"), gr.Label()
 
     def run_once(clip: str) -> dict:
@@ -134,7 +137,7 @@ def load(tree: str, checkpoint: str, threads: int):
         start = time.perf_counter()
         top, verdict, features, attention, _ = handlers.identify(clip, None, 5, 1, 0)
         label.postprocess(top)
-        with clock.stage("PNG"):
+        with clock.stage("drawing + PNG"):
             plot.postprocess(features)
             plot.postprocess(attention)
         total = time.perf_counter() - start
