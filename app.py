@@ -106,7 +106,7 @@ class Handlers:
         self.recognizer = recognizer
         self.per_visitor = per_visitor
         self.uploads: set[str] = set()  # Gradio's set of uploaded files (build_demo links it)
-        # The plots are drawn into kept figures and sent rendered (speaker_app.plots.Kept): a third of the time.
+        # The plots are drawn into kept figures and sent rendered (speaker_app.plots.Kept): about a third less time.
         self.kept_features, self.kept_attention = plots.Kept(plots.features_layout), plots.Kept(plots.attention_layout)
 
     def _for(self, visitor: Gallery | None, create: bool = False) -> Recognizer:
