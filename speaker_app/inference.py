@@ -17,7 +17,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from .model import SpeakerModel
+from .model import Ensemble, SpeakerModel
 
 CHUNK_FRAMES = 3000  # 30 s at a 10 ms hop
 EXPLAIN_FRAMES = 1500  # the explanation covers the first 15 s (at 2x subsampling, maps of 750 x 750 frames)
@@ -58,6 +58,12 @@ def pieces_of(model, features: torch.Tensor, chunk_frames: int = CHUNK_FRAMES) -
     """What the model embeds of one utterance: its windows when its config sets window_frames, else chunks."""
     window_frames = model.config.window_frames
     return windows(features, window_frames) if window_frames else chunk(features, chunk_frames)
+
+
+def explainer(model):
+    """The network whose attention maps and pooling weights explain the model's answers: an ensemble's
+    first member (`Ensemble`), else the model itself."""
+    return model.members[0] if isinstance(model, Ensemble) else model
 
 
 def length_batches(lengths: list[int], max_frames: int) -> list[list[int]]:
@@ -108,7 +114,8 @@ def infer_explained(model: SpeakerModel, utterances: list[torch.Tensor], explain
     An utterance that is one piece (see `pieces_of`) runs once, through `forward_intermediates`: its
     answer is infer()'s (its own logits and embedding) and its explanation comes from the same pass,
     cropped to the first frames. A longer one gets infer()'s answer from its pieces, and a second,
-    short pass over its first frames for the explanation.
+    short pass over its first frames for the explanation, through the `explainer` alone (an
+    ensemble's other members would only make an embedding nobody uses).
     """
     if not utterances:
         raise ValueError("no utterances to score")
@@ -130,7 +137,8 @@ def infer_explained(model: SpeakerModel, utterances: list[torch.Tensor], explain
         for row, i in enumerate(long):
             logits[i], embeddings[i] = outputs.logits[row], outputs.embeddings[row]
             first = utterances[i][:explain_frames].float()
-            insides[i] = _crop(model.forward_intermediates(first[None], torch.tensor([len(first)])), 0, len(first))
+            inside = explainer(model).forward_intermediates(first[None], torch.tensor([len(first)]))
+            insides[i] = _crop(inside, 0, len(first))
     return Outputs(torch.stack(logits), torch.stack(embeddings)), insides
 
 

@@ -11,7 +11,7 @@ import soxr
 import torch
 
 import app
-from speaker_app import describe
+from speaker_app import describe, plots
 from speaker_app.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from speaker_app.features import FeatureConfig, features_from_file
 from speaker_app.model import ModelConfig
@@ -60,25 +60,40 @@ def test_feature_file_gives_top_k_and_readable_plots(handlers):
     assert list(label)[0] == "asterisk/allison" and len(label) == 3 + 1 and describe.UNKNOWN in label
     assert list(label.values()) == sorted(label.values(), reverse=True) and sum(label.values()) <= 1 + 1e-6
     assert "threshold" in verdict and "Analysed 1.76 s" in verdict
-    spectrum, pooling = [a for a in features_plot.axes if a.get_label() != "<colorbar>"]
+    figure = handlers.features_figure(explanation)
+    spectrum, pooling = [a for a in figure.axes if a.get_label() != "<colorbar>"]
     assert spectrum.get_ylabel() == "mel bin" and "time (s)" in pooling.get_xlabel()
-    assert colorbar_labels(features_plot) == ["log energy"]
+    assert colorbar_labels(figure) == ["log energy"]
     assert pooling.get_xlim() == pytest.approx((0, 1.76)) and spectrum.get_xlim() == pytest.approx((0, 1.76))
-    (heatmap,) = [a for a in attention_plot.axes if a.get_label() != "<colorbar>"]
+    figure = handlers.attention_figure(explanation)
+    (heatmap,) = [a for a in figure.axes if a.get_label() != "<colorbar>"]
     assert heatmap.get_title() == "Self-attention, layer 1, mean of all heads"
     assert heatmap.get_xlabel().endswith(", s") and heatmap.get_ylabel().endswith(", s")
-    assert colorbar_labels(attention_plot)[0].startswith("attention weight")
+    assert colorbar_labels(figure)[0].startswith("attention weight")
     assert len(explanation.attention) == handlers.recognizer.checkpoint.model_config.n_layers
+    # The page gets those figures rendered, drawn into figures kept from earlier answers.
+    assert features_plot == app.picture(plots.png(handlers.features_figure(explanation)))
+    assert attention_plot == app.picture(plots.png(handlers.attention_figure(explanation)))
+
+
+def test_kept_figures_draw_what_new_ones_draw(handlers):
+    """A kept figure that showed another clip before (longer, another layer and head) draws the same pixels."""
+    *_, longer = handlers.identify(str(MENARDI), None, 3, 3, 2)
+    *_, explanation = handlers.identify(None, str(ALLISON_FEATURES), 3)
+    assert len(longer.pooling) != len(explanation.pooling)
+    assert handlers.plots(explanation, 2, 1) == (app.picture(plots.png(handlers.features_figure(explanation))),
+                                                 app.picture(plots.png(handlers.attention_figure(explanation, 2, 1))))
 
 
 def test_each_layer_and_head_can_be_shown(handlers):
     *_, explanation = handlers.identify(None, str(ALLISON_FEATURES), 3)
-    figure = handlers.show_attention(explanation, 3, 2)
+    figure = handlers.attention_figure(explanation, 3, 2)
     (heatmap,) = [a for a in figure.axes if a.get_label() != "<colorbar>"]
     assert heatmap.get_title() == "Self-attention, layer 3, head 2"
     shown = np.asarray(heatmap.images[0].get_array())
     assert np.allclose(shown, explanation.attention[2][1].numpy())
     assert heatmap.get_xlim() == pytest.approx((0, len(explanation.pooling) * explanation.frame_seconds))
+    assert handlers.show_attention(explanation, 3, 2) == app.picture(plots.png(figure))
     assert handlers.show_attention(None, 1, 1) is None
 
 

@@ -44,13 +44,16 @@ def test_a_score_is_the_mean_of_the_members_scores():
     assert torch.allclose(ours.logits, sum(t.logits for t in theirs) / 2, atol=1e-4)  # s * the mean cosine
 
 
-def test_the_explanation_is_the_first_members_and_the_answer_the_ensembles():
-    parts = members(2)
+@pytest.mark.parametrize("window_frames", [0, 40], ids=["whole", "windows"])  # one pass, or windows and a second
+def test_the_explanation_is_the_first_members_and_the_answer_the_ensembles(window_frames):
+    parts = members(2, config=replace(TINY, window_frames=window_frames))
     model = assemble(parts, ["a.pt", "b.pt"]).build_model()
     answer, insides = infer_explained(model, utterances())
     assert torch.allclose(answer.logits, infer(model, utterances()).logits, atol=1e-5)
     _, first = infer_explained(parts[0].build_model(), utterances())
-    assert all(torch.allclose(a, b) for a, b in zip(insides[0].attention, first[0].attention))
+    for ours, theirs in zip(insides, first):
+        assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(ours.attention, theirs.attention))
+        assert torch.allclose(ours.pooling, theirs.pooling, atol=1e-6)
 
 
 def test_the_file_loads_safely_and_serves_the_recognizer(tmp_path, capsys):
