@@ -74,6 +74,8 @@ def decoded(clips: list[Clip], root: Path, config: FeatureConfig) -> tuple[list[
 
 
 def embed_ours(checkpoint: Checkpoint, features: list[torch.Tensor]) -> Embedded:
+    if not features:  # e.g. a training checkpoint that lists no held-out clips of its known speakers
+        return Embedded(torch.zeros(0, 0), torch.zeros(0, len(checkpoint.speakers)), [])
     outputs = infer(checkpoint.build_model(), features)
     return Embedded(outputs.embeddings, outputs.logits, features)
 
