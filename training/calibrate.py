@@ -219,7 +219,7 @@ def gallery_identification(trials: OpenSet, prototypes: torch.Tensor, scorer: Sc
                   else f"{rates['known_correct']:.1%} (its top-1 falls short of {min_known_correct:.0%})")
     rule = (f"two thresholds, set with 1 to {sizes[-1]} unseen speakers enrolled: the model's speakers' names "
             f"{known_goal} of their validation clips correctly, the enrolled speakers' (the lowest that "
-            f"names at most {max_strangers_named:.0%} of strangers' clips) names the most enrolled speakers' clips "
+            f"names at most {max_strangers_named:.0%} of strangers' clips in galleries of every size) names the most enrolled speakers' clips "
             f"correctly among {len(tried)} rules{terms}")
     unseen_info = speakers_and_sources(unseen)
     record = {

@@ -12,7 +12,7 @@ The rule names the best candidate when its score reaches a threshold: for the mo
 speakers, the highest one that still names `min_known_correct` of their validation clips
 correctly; for enrolled speakers, `threshold + a * log(test s / 3) + b * log(enrollment s / 15)`
 where (a, b) come from a grid (a = b = 0 is a plain threshold) and the threshold is the lowest
-that names at most `max_strangers_named` of the strangers' clips, over all galleries pooled. The
+that names at most `max_strangers_named` of the strangers' clips in the galleries of every size. The
 (a, b) that names the most enrolled speakers' clips correctly wins.
 """
 
@@ -152,9 +152,19 @@ def known_threshold(answers: Answers, min_known_correct: float) -> float:
     return (float(right[needed - 1]) + lower) / 2
 
 
+def subset(answers: Answers, mask: torch.Tensor) -> Answers:
+    return Answers(*(field[mask] for field in answers[:-1]), [e for e, m in zip(answers.enrollment, mask.tolist()) if m])
+
+
 def enrolled_threshold(answers: Answers, known: float, a: float, b: float, max_strangers_named: float) -> float:
     """The lowest enrolled speakers' threshold (at the reference) that names at most that share of the strangers'
-    clips, those named as a known speaker at `known` included."""
+    clips in galleries of every size (the largest, whose strangers meet the most voices, usually decide), those
+    named as a known speaker at `known` included."""
+    return max(_enrolled_threshold(subset(answers, answers.gallery == size), known, a, b, max_strangers_named)
+               for size in sorted(set(answers.gallery.tolist())))
+
+
+def _enrolled_threshold(answers: Answers, known: float, a: float, b: float, max_strangers_named: float) -> float:
     strangers = answers.kind == STRANGER
     allowed = math.floor(max_strangers_named * int(strangers.sum()) + 1e-9)
     allowed -= int((strangers & ~answers.enrolled & (answers.best >= known)).sum())
