@@ -223,6 +223,17 @@ def features_from_wave(wave: np.ndarray, config: FeatureConfig, name: str = "aud
     return log_mel(speech, config)
 
 
+def aligned_features(wave: np.ndarray, config: FeatureConfig) -> torch.Tensor:
+    """One stretch of speech (mono float32 at config.sample_rate) -> (T, n_mels) features that keep its time:
+    frame t is centred on sample t * hop_length. `features_from_wave` without the silence removal, for
+    pipelines that need timing (diarization computes them on each speech region a voice activity detector
+    found); on speech the silence rule keeps whole, the two are the same."""
+    if len(wave) < config.n_fft // 2 + 1:  # reflect padding needs half a window
+        raise AudioError(f"a stretch of {len(wave)} samples is too short for features: at least "
+                         f"{config.n_fft // 2 + 1} are needed")
+    return log_mel(peak_normalise(wave, config.norm_db), config)
+
+
 def features_from_file(path: str | Path, config: FeatureConfig, max_seconds: float | None = None) -> torch.Tensor:
     wave = read_audio(path, config.sample_rate, max_seconds)
     return features_from_wave(wave, config, Path(path).name)
