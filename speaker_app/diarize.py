@@ -24,6 +24,7 @@ labelled with one of its speakers (its cost is measured in bench/RESULTS.md).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import sys
@@ -104,6 +105,7 @@ def stored_settings(fingerprint: str, path: Path = SETTINGS_FILE) -> tuple[Diari
 class Piece(NamedTuple):
     start: float  # seconds from the start of the recording
     features: torch.Tensor  # (T, n_mels), frame t centred at start + t * frame_seconds
+    wave: np.ndarray | None = None  # (N,) its 16 kHz audio, while its block is processed (for other embedders)
 
 
 def window_frames(frames: int, window: int, hop: int, shortest: int) -> list[tuple[int, int]]:
@@ -126,13 +128,7 @@ class Windows(NamedTuple):
 @torch.no_grad()
 def embed_windows(model, pieces: list[Piece], settings: DiarizationSettings, config: FeatureConfig) -> Windows:
     """The windows of `pieces` and their unit embeddings and logits, in batches of similar length."""
-    step = config.frame_seconds
-    size, hop, shortest = (max(1, round(s / step)) for s in (settings.window, settings.hop, settings.min_window))
-    crops, spans = [], []
-    for piece in pieces:
-        for first, end in window_frames(len(piece.features), size, hop, shortest):
-            crops.append(piece.features[first:end])
-            spans.append((piece.start + first * step, piece.start + end * step))
+    crops, spans = window_crops(pieces, settings, config.frame_seconds)
     if not crops:
         return Windows([], torch.zeros(0, 0), torch.zeros(0, 0))
     lengths = [len(c) for c in crops]
@@ -144,6 +140,17 @@ def embed_windows(model, pieces: list[Piece], settings: DiarizationSettings, con
         for i, e, z in zip(batch, F.normalize(raw.float(), dim=-1), model.head(raw).float()):
             embeddings[i], logits[i] = e, z
     return Windows(spans, torch.stack(embeddings), torch.stack(logits))
+
+
+def window_crops(pieces: list[Piece], settings: DiarizationSettings, step: float):
+    """The windows of `pieces`: their (T_i, n_mels) features and (start, end) seconds; `step`: seconds a frame."""
+    size, hop, shortest = (max(1, round(s / step)) for s in (settings.window, settings.hop, settings.min_window))
+    crops, spans = [], []
+    for piece in pieces:
+        for first, end in window_frames(len(piece.features), size, hop, shortest):
+            crops.append(piece.features[first:end])
+            spans.append((piece.start + first * step, piece.start + end * step))
+    return crops, spans
 
 
 # -- the streaming pass --------------------------------------------------------------------------
@@ -159,6 +166,10 @@ class Gathered:
     pieces: list[Piece] | None = None
     seconds: float = 0.0  # audio read
 
+    def windows(self) -> Windows:
+        """All the windows gathered, in time order."""
+        return Windows(self.spans, torch.cat(self.embeddings), torch.cat(self.logits))
+
 
 def pieces_of(wave: np.ndarray, offset: float, regions: list[Region], max_piece: float,
               config: FeatureConfig) -> list[Piece]:
@@ -170,13 +181,13 @@ def pieces_of(wave: np.ndarray, offset: float, regions: list[Region], max_piece:
         for a, b in zip(edges[:-1], edges[1:]):
             samples = wave[int(round(a * SAMPLE_RATE)): int(round(b * SAMPLE_RATE))]
             if len(samples) > config.n_fft // 2:
-                pieces.append(Piece(offset + a, aligned_features(samples, config)))
+                pieces.append(Piece(offset + a, aligned_features(samples, config), samples))
     return pieces
 
 
-def gather(blocks, model, settings: DiarizationSettings, config: FeatureConfig, keep_pieces: bool = False,
-           progress: Callable[[float], None] | None = None) -> Gathered:
-    """One pass over (N,) 16 kHz blocks: speech regions, windows, embeddings; `progress(seconds read)`."""
+def gather(blocks, embedder: Callable[[list[Piece]], Windows], settings: DiarizationSettings, config: FeatureConfig,
+           keep_pieces: bool = False, progress: Callable[[float], None] | None = None) -> Gathered:
+    """One pass over (N,) 16 kHz blocks: speech regions, windows, `embedder(pieces)`; `progress(seconds read)`."""
     gathered = Gathered(pieces=[] if keep_pieces else None)
     carry, carry_start = np.zeros(0, np.float32), 0.0
     for last, block in flagged_last(blocks):
@@ -185,13 +196,14 @@ def gather(blocks, model, settings: DiarizationSettings, config: FeatureConfig, 
         regions = speech_regions(wave, settings.activity)
         carry, kept = split_open_region(wave, regions, last)
         pieces = pieces_of(wave, carry_start, kept, settings.max_piece, config)
-        windows = embed_windows(model, pieces, settings, config)
+        windows = embedder(pieces)
         gathered.regions += [(carry_start + s, carry_start + e) for s, e in kept]
-        gathered.spans += windows.spans
-        gathered.embeddings.append(windows.embeddings)
-        gathered.logits.append(windows.logits)
+        if windows.spans:
+            gathered.spans += windows.spans
+            gathered.embeddings.append(windows.embeddings)
+            gathered.logits.append(windows.logits)
         if keep_pieces:
-            gathered.pieces += pieces
+            gathered.pieces += [piece._replace(wave=None) for piece in pieces]
         carry_start = gathered.seconds - len(carry) / SAMPLE_RATE
         if progress:
             progress(gathered.seconds)
@@ -301,15 +313,16 @@ def diarize_blocks(blocks, recognizer: Recognizer, settings: DiarizationSettings
     diarize. `keep_clips`: keep each speaker's longest segments' features (for enrolling them)."""
     count.check()
     config = recognizer.features_config
-    gathered = gather(blocks, recognizer.model, settings, config, keep_clips, progress)
+    embedder = functools.partial(embed_windows, recognizer.model, settings=settings, config=config)
+    gathered = gather(blocks, embedder, settings, config, keep_clips, progress)
     check_length(gathered.seconds)
     if not gathered.regions:
         raise InputError("no speech found: the recording is silent, or holds only noise or tones")
-    windows = Windows(gathered.spans, torch.cat(gathered.embeddings), torch.cat(gathered.logits))
-    if not windows.spans:
+    if not gathered.spans:
         speech = sum(end - start for start, end in gathered.regions)
         raise InputError(f"too little speech to tell voices apart: {speech:.1f} s in pieces under "
                          f"{settings.min_window:g} s; give at least one stretch of {settings.min_window:g} s")
+    windows = gathered.windows()
     labels = cluster(windows.embeddings.numpy(), windows.spans, settings, count)
     pieces, answers = named_pieces(recognizer, gathered.regions, windows, labels)
     merged = merge_same_names(labels, answers)
