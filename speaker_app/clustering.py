@@ -6,9 +6,10 @@ other in bench/RESULTS.md ("Who speaks when"):
 
 - `agglomerative`: average-linkage clustering on cosine distance (scipy), cut at a calibrated distance.
 - `spectral`: spectral clustering with the number of speakers from the largest eigengap of the refined
-  affinity matrix (Google's `spectralcluster` with its Turn-to-Diarize configuration: row-wise thresholding
-  auto-tuned, graph-cut Laplacian; its ICASSP 2018 one gave one speaker for most conversations; over
-  SPECTRAL_SIZE windows, its multi-stage mode first reduces them by agglomerative clustering).
+  affinity matrix (Google's `spectralcluster`: its ICASSP 2018 refinement with the row-wise threshold
+  auto-tuned; fixed, it gave one speaker for most conversations, and the Turn-to-Diarize configuration
+  merged voices; over SPECTRAL_SIZE windows, its multi-stage mode first reduces them by agglomerative
+  clustering). An eigengap needs two clusters to compare, so it finds at least 2 speakers.
 - `resegment`: after either, a Viterbi pass in the manner of VBx: the speakers are the states of a hidden
   Markov model over the window sequence, each window scored by its cosine to each speaker's centroid, a
   change of speaker costing `switch_penalty`; centroids are re-estimated and the pass repeated.
@@ -75,12 +76,11 @@ def spectral(embeddings: np.ndarray, count: Count = Count()) -> np.ndarray:
     count.check()
     if len(embeddings) < 3:  # the eigengap needs a few points; so few windows are one speaker
         return np.zeros(len(embeddings), dtype=np.int64)
-    low, high = (count.exact, count.exact) if count.exact is not None else (count.low, count.high)
+    low, high = (count.exact, count.exact) if count.exact is not None else (max(2, count.low), count.high)
     high = min(high, len(embeddings) - 1)
     clusterer = SpectralClusterer(min_clusters=min(low, high), max_clusters=high, custom_dist="cosine",
-                                  refinement_options=configs.turntodiarize_refinement_options,
-                                  autotune=configs.turntodiarize_auto_tune, laplacian_type=configs.LaplacianType.GraphCut,
-                                  row_wise_renorm=True,
+                                  refinement_options=configs.icassp2018_refinement_options,
+                                  autotune=configs.turntodiarize_auto_tune,
                                   max_spectral_size=SPECTRAL_SIZE if len(embeddings) > SPECTRAL_SIZE else None)
     return first_appearance(clusterer.predict(embeddings.astype(np.float64)))
 
