@@ -164,3 +164,84 @@ def test_duration_comes_from_the_header_without_decoding(tmp_path):
     (tmp_path / "bad.wav").write_bytes(b"RIFF" + bytes(100))
     with pytest.raises(InputError, match="cannot decode bad.wav"):
         file_seconds(tmp_path / "bad.wav")
+
+
+# -- end to end: a conversation made now from ../shared/speech, the default model ------------------------
+@pytest.fixture(scope="module")
+def recognizer(default_checkpoint):
+    from speaker_app.recognizer import Recognizer
+
+    return Recognizer.from_checkpoint(default_checkpoint)
+
+
+def der(reference: list[Segment], hypothesis: list[Segment], seconds: float) -> float:
+    """pyannote.metrics' diarization error rate, overlap scored, a ±0.25 s collar (pyannote's collar=0.5)."""
+    metrics = pytest.importorskip("pyannote.metrics.diarization", reason="pip install -r requirements-dev.txt")
+    from pyannote.core import Annotation, Segment as Span, Timeline
+
+    def annotation(segments):
+        out = Annotation()
+        for i, s in enumerate(segments):
+            out[Span(s.start, s.end), i] = s.speaker
+        return out
+
+    return metrics.DiarizationErrorRate(collar=0.5)(annotation(reference), annotation(hypothesis),
+                                                   uem=Timeline([Span(0, seconds)]))
+
+
+@pytest.mark.slow
+def test_a_two_speaker_conversation_is_diarized_by_the_command_line(two_voices, default_checkpoint, tmp_path,
+                                                                    capsys):
+    from speaker_app.diarize import main
+
+    path, reference = two_voices
+    assert main([str(path), "--rttm-dir", str(tmp_path), "--checkpoint", str(default_checkpoint)]) == 0
+    rttm = tmp_path / "two voices.rttm"
+    for line in rttm.read_text().splitlines():  # well-formed: ten fields, the file's stem as one field
+        fields = line.split(" ")
+        assert len(fields) == 10 and fields[:3] == ["SPEAKER", "two_voices", "1"] and float(fields[4]) > 0
+    found = read_rttm(rttm)["two_voices"]
+    assert len({s.speaker for s in found}) == 2
+    error = der(reference, found, sf.info(str(path)).duration)
+    assert error < 0.15, f"DER {error:.1%}"
+    printed = capsys.readouterr().out
+    assert "2 speaker(s)" in printed and "start" in printed.splitlines()[-len(found) - 1]
+
+
+@pytest.mark.slow
+def test_one_voice_is_one_speaker_and_silence_is_refused(speech_dir, recognizer, tmp_path):
+    from speaker_app.diarize import diarize_file, diarize_wave
+
+    clips = sorted((speech_dir / "vcc2016/TF1").glob("*.flac"))[:6]
+    wave = np.concatenate([np.concatenate([sf.read(c, dtype="float32")[0], np.zeros(8000, np.float32)]) for c in clips])
+    result = diarize_wave(wave, 16000, recognizer)
+    assert [s.name for s in result.speakers] == ["vcc2016/TF1"]  # one of the model's own speakers, named
+    with pytest.raises(InputError, match="no speech found"):
+        diarize_wave(np.zeros(48000, np.float32), 16000, recognizer)
+    sf.write(tmp_path / "short.wav", wave[:8000], 16000)
+    with pytest.raises(InputError, match="too short to tell voices apart: 0.50 s"):
+        diarize_file(tmp_path / "short.wav", recognizer)
+
+
+@pytest.mark.slow
+def test_a_long_file_is_cut_where_asked_and_progress_is_reported(two_voices, recognizer):
+    from speaker_app.diarize import diarize_file
+
+    path, _ = two_voices
+    reported = []
+    result = diarize_file(path, recognizer, max_seconds=20.0, progress=lambda done, total: reported.append((done, total)))
+    assert result.duration == pytest.approx(20.0, abs=0.1)
+    assert result.notes[0].startswith("the recording lasts 0:") and "only its first 0:20.0 were diarized" in result.notes[0]
+    assert reported[-1] == (pytest.approx(20.0, abs=0.1), 20.0)
+    assert max(s.end for s in result.segments) <= 20.0 + 1e-6
+
+
+@pytest.mark.slow
+def test_a_known_count_is_kept_and_the_same_name_joins_clusters(two_voices, recognizer):
+    from speaker_app.diarize import diarize_file
+
+    path, _ = two_voices
+    result = diarize_file(path, recognizer, count=Count(exact=3), keep_clips=True)
+    names = [s.name for s in result.speakers]
+    assert len(names) == len(set(names)) <= 3  # clusters named as one known voice are one speaker
+    assert all(1 <= len(s.clips) <= 5 and all(c.shape[1] == 40 for c in s.clips) for s in result.speakers)
