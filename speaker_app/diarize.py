@@ -27,6 +27,7 @@ import argparse
 import functools
 import json
 import math
+import os
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -444,6 +445,18 @@ def table(segments: list[Segment]) -> str:
     return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)
 
 
+def diarize_with_bar(path: Path, recognizer: Recognizer, settings, count: Count, tqdm) -> Diarization:
+    """diarize_file with a progress bar in seconds of audio on standard error."""
+    with tqdm(total=round(file_seconds(path)), unit="s", desc=path.name, leave=False, file=sys.stderr,
+              bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total} s of audio [{elapsed}<{remaining}]") as bar:
+        def progress(done, total):
+            bar.total = round(total)
+            bar.n = round(done)
+            bar.refresh()
+
+        return diarize_file(path, recognizer, settings, count, progress=progress)
+
+
 def parse_count(parser: argparse.ArgumentParser, args) -> Count:
     if args.num_speakers is not None and (args.min_speakers is not None or args.max_speakers is not None):
         parser.error("give --num-speakers, or --min-speakers and/or --max-speakers, not both")
@@ -465,8 +478,14 @@ def main(argv=None) -> int:
     parser.add_argument("--min-speakers", type=int)
     parser.add_argument("--max-speakers", type=int)
     parser.add_argument("--settings", type=Path, help="a JSON file of DiarizationSettings (default: the calibrated ones)")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 2)
+    parser.add_argument("--threads", type=int, default=max(1, cores // 2),
+                        help="threads the model computes with (default: half the cores, as the app; %(default)s here)")
     args = parser.parse_args(argv)
     count = parse_count(parser, args)
+    if args.threads < 1:
+        parser.error(f"--threads must be at least 1, got {args.threads}")
+    torch.set_num_threads(args.threads)
     try:
         recognizer = Recognizer.from_checkpoint(args.checkpoint, args.gallery)
         settings = DiarizationSettings.from_dict(json.loads(args.settings.read_text())) if args.settings else None
@@ -476,18 +495,12 @@ def main(argv=None) -> int:
     args.rttm_dir.mkdir(parents=True, exist_ok=True)
     failed = 0
     for path in args.audio:
-        with tqdm(total=1, unit="s", desc=path.name, unit_scale=True, leave=False, file=sys.stderr) as bar:
-            def progress(done, total):
-                bar.total = round(total, 1)
-                bar.n = round(done, 1)
-                bar.refresh()
-
-            try:
-                result = diarize_file(path, recognizer, settings, count, progress=progress)
-            except InputError as error:
-                print(f"{path}: {error}", file=sys.stderr)
-                failed += 1
-                continue
+        try:
+            result = diarize_with_bar(path, recognizer, settings, count, tqdm)
+        except InputError as error:
+            print(f"{path}: {error}", file=sys.stderr)
+            failed += 1
+            continue
         rttm = write_rttm(result.segments, path.stem, args.rttm_dir / f"{path.stem}.rttm")
         print(f"{path}: {len(result.speakers)} speaker(s) in {clock(result.duration)}; wrote {rttm}")
         for note in result.notes:
