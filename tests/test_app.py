@@ -302,7 +302,7 @@ def test_model_summary_reports_data_accuracy_and_calibration(untrained):
 def test_demo_exposes_the_api(untrained):
     demo = app.build_demo(untrained.recognizer, "tiny.pt")
     names = {fn.api_name for fn in demo.fns.values() if fn.api_visibility == "public"}
-    assert names == {"identify", "enroll", "forget", "verify"}
+    assert names == {"identify", "enroll", "forget", "verify", "diarize", "enroll_found"}
     assert isinstance(app.demo, gr.Blocks)
 
 
