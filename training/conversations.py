@@ -4,9 +4,11 @@ The diarization benchmark (bench/diarization.py) and its test (tests/test_diariz
 seeded, so the same arguments give the same audio and the same reference:
 
 1. Speakers: `Recipe.speakers` (uniform in the range) drawn from the pool; each has a talkativeness (a
-   Dirichlet(2) draw) and a level (uniform in `Recipe.gain_db`).
-2. Turns: the first turns go through the speakers in a random order (everyone speaks), the rest pick a
-   speaker other than the last by talkativeness; a turn is 1-3 of that speaker's clips (never reused
+   Dirichlet(3) draw) and a level (uniform in `Recipe.gain_db`).
+2. Turns: the first turns go through the speakers twice, each round in a random order (everyone takes at
+   least two turns, as in a conversation worth diarizing: with one turn of one short clip a voice had 1 s
+   in all), the rest pick a speaker other than the last by talkativeness; a turn is 1-3 of that speaker's
+   clips (never reused
    within a conversation while unused ones remain) joined by within-turn pauses of 0.1-0.4 s. Turns are
    added until the conversation reaches a length drawn from `Recipe.seconds`.
 3. Timing: between turns a pause of 0.1 s plus an exponential one of mean `Recipe.pause`; with probability
@@ -145,8 +147,9 @@ def next_clips(queue: list[Path], everything: list[Path], count: int, rng: np.ra
 
 def schedule(n: int, talk: np.ndarray, turn: int, last: int | None, rng: np.random.Generator,
              order: np.ndarray) -> int:
-    """Who takes turn number `turn`: everyone once in `order` first, then anyone but the last speaker."""
-    if turn < n:
+    """Who takes turn number `turn`: everyone twice in `order` ((2n,): two rounds) first, then anyone but the
+    last speaker."""
+    if turn < len(order):
         return int(order[turn])
     weights = talk.copy()
     if last is not None and n > 1:
@@ -163,10 +166,13 @@ def build(pool: dict[str, list[Path]], recipe: Recipe, seed: int, index: int, ro
     speakers = sorted(rng.choice(sorted(pool), size=n, replace=False).tolist())
     available = [[str(p) for p in pool[s][reserve:]] or [str(p) for p in pool[s]] for s in speakers]
     queues = [rng.permutation(clips).tolist() for clips in available]
-    talk, gains = rng.dirichlet(np.full(n, 2.0)), 10 ** (rng.uniform(*recipe.gain_db, size=n) / 20)
-    target, order = rng.uniform(*recipe.seconds), rng.permutation(n)
+    talk, gains = rng.dirichlet(np.full(n, 3.0)), 10 ** (rng.uniform(*recipe.gain_db, size=n) / 20)
+    target = rng.uniform(*recipe.seconds)
+    order = np.concatenate([rng.permutation(n), rng.permutation(n)])
+    if n > 1 and order[n] == order[n - 1]:  # no one follows themself between the rounds
+        order[[n, n + 1]] = order[[n + 1, n]]
     placed, cursor, last, turn, previous_length = [], 0.0, None, 0, 0.0
-    while cursor < target or turn < n:
+    while cursor < target or turn < len(order):
         who = schedule(n, talk, turn, last, rng, order)
         count = int(rng.integers(recipe.clips_per_turn[0], recipe.clips_per_turn[1] + 1))
         wave, spans, used = make_turn(next_clips(queues[who], available[who], count, rng), count, rng)
