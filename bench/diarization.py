@@ -376,13 +376,24 @@ def main_rows(systems: dict[str, tuple[Scores, float | None]]) -> list[list]:
     return rows
 
 
+def overlap_share(convs: list[dict]) -> float:
+    """The share of reference speech time during which two or more speak."""
+    overlapped = speech = 0.0
+    for c in convs:
+        reference = annotation(c["reference"])
+        speech += reference.get_timeline().support().duration()
+        overlapped += reference.get_overlap().duration()
+    return overlapped / speech
+
+
 def describe_data(convs: list[dict], split: str) -> str:
     minutes = sum(c["seconds"] for c in convs) / 60
     speakers = sorted({s for c in convs for s in c["speakers"]})
     by_count = np.bincount([len(c["speakers"]) for c in convs]).tolist()
     sources = {s: sum(c["source"] == s for c in convs) for s in SOURCES}
     return (f"{split}: {len(convs)} conversations, {minutes:.1f} min, {len(speakers)} distinct speakers; "
-            f"speakers per conversation {dict((k, v) for k, v in enumerate(by_count) if v)}; by source {sources}")
+            f"speakers per conversation {dict((k, v) for k, v in enumerate(by_count) if v)}; by source {sources}; "
+            f"{percent(overlap_share(convs))} of speech time overlapped")
 
 
 def report(args, convs_test, convs_cal, settings, peer_settings, systems, enrolled, long, conditions, ablations,

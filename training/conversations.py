@@ -12,7 +12,7 @@ seeded, so the same arguments give the same audio and the same reference:
    within a conversation while unused ones remain) joined by within-turn pauses of 0.1-0.4 s. Turns are
    added until the conversation reaches a length drawn from `Recipe.seconds`.
 3. Timing: between turns a pause of 0.1 s plus an exponential one of mean `Recipe.pause`; with probability
-   `Recipe.overlap`, the next turn instead starts 0.3-1.0 s before the last one ends (never more than half
+   `Recipe.overlap`, the next turn instead starts 0.5-1.5 s before the last one ends (never more than half
    of it): two voices at once.
 4. Reference: each clip's own speech, found on the clean clip (20 ms frames within 35 dB of the clip's
    loudest frame, pauses under 0.3 s bridged, bursts under 0.1 s dropped), so leading and trailing silence
@@ -43,7 +43,7 @@ class Recipe:
     seconds: tuple[float, float] = (60.0, 120.0)
     clips_per_turn: tuple[int, int] = (1, 3)
     pause: float = 0.4  # mean of the exponential part of a pause between turns, seconds
-    overlap: float = 0.15  # probability that a turn starts before the last one ends
+    overlap: float = 0.35  # probability that a turn starts before the last one ends (about 5 % of speech time)
     gain_db: tuple[float, float] = (-6.0, 0.0)
     snr_db: tuple[float, ...] = (20.0, 10.0, 5.0)
     noises: tuple[str, ...] = NOISES
@@ -180,7 +180,7 @@ def build(pool: dict[str, list[Path]], recipe: Recipe, seed: int, index: int, ro
         if not len(wave):
             continue
         if turn > 1 and rng.random() < recipe.overlap:
-            start = max(0.0, cursor - min(rng.uniform(0.3, 1.0), previous_length / 2))
+            start = max(0.0, cursor - min(rng.uniform(0.5, 1.5), previous_length / 2))
         else:
             start = cursor + (0.1 + rng.exponential(recipe.pause) if turn > 1 else rng.uniform(0.2, 1.0))
         placed.append((start, wave * gains[who], spans, who, used))
