@@ -18,8 +18,10 @@ import argparse
 import csv
 import functools
 import os
+import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import gradio as gr
@@ -105,6 +107,7 @@ class Handlers:
         self.recognizer = recognizer
         self.per_visitor = per_visitor
         self.uploads: set[str] = set()  # Gradio's set of uploaded files (build_demo links it)
+        self.segment_files: Path | None = None  # where the diarization downloads are written
 
     def _for(self, visitor: Gallery | None, create: bool = False) -> Recognizer:
         """The recognizer with the gallery this request sees: the shared one, or the visitor's."""
@@ -244,10 +247,15 @@ class Handlers:
                 self.downloads(result, stem), gr.Dropdown(choices=unknown, value=unknown[0] if unknown else None),
                 result)
 
-    @staticmethod
-    def downloads(result, stem: str) -> list[str]:
-        """The segments as RTTM and CSV files in a folder of their own (Gradio serves and later deletes them)."""
-        folder = Path(tempfile.mkdtemp(prefix="diarization-"))
+    def downloads(self, result, stem: str) -> list[str]:
+        """The segments as RTTM and CSV files in a folder of their own. Gradio serves copies from its upload
+        cache (cleaned by DELETE_CACHE); these originals are deleted as old once they are as old."""
+        if self.segment_files is None:
+            self.segment_files = Path(tempfile.mkdtemp(prefix="speaker-app-segments-"))
+        for old in self.segment_files.iterdir():
+            if time.time() - old.stat().st_mtime > DELETE_CACHE[1]:
+                shutil.rmtree(old, ignore_errors=True)
+        folder = Path(tempfile.mkdtemp(dir=self.segment_files))
         rttm = write_rttm(result.segments, stem, folder / f"{stem}.rttm")
         table = folder / f"{stem}.csv"
         table.write_text(csv_text(result.segments))
