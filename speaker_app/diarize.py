@@ -313,9 +313,15 @@ def diarize_blocks(blocks, recognizer: Recognizer, settings: DiarizationSettings
     """(N,) mono float32 blocks at 16 kHz, in order -> who speaks when; InputError when there is nothing to
     diarize. `keep_clips`: keep each speaker's longest segments' features (for enrolling them)."""
     count.check()
-    config = recognizer.features_config
-    embedder = functools.partial(embed_windows, recognizer.model, settings=settings, config=config)
-    gathered = gather(blocks, embedder, settings, config, keep_clips, progress)
+    embedder = functools.partial(embed_windows, recognizer.model, settings=settings, config=recognizer.features_config)
+    gathered = gather(blocks, embedder, settings, recognizer.features_config, keep_clips, progress)
+    return diarize_gathered(gathered, recognizer, settings, count)
+
+
+def diarize_gathered(gathered: Gathered, recognizer: Recognizer, settings: DiarizationSettings,
+                     count: Count = Count()) -> Diarization:
+    """The steps after the pass over the audio: clustering, segments, names (speakers' clips when the pass
+    kept its pieces)."""
     check_length(gathered.seconds)
     if not gathered.regions:
         raise InputError("no speech found: the recording is silent, or holds only noise or tones")
@@ -334,7 +340,7 @@ def diarize_blocks(blocks, recognizer: Recognizer, settings: DiarizationSettings
     speakers = []
     for label, answer in enumerate(answers):
         spans = [(start, end) for start, end, owner in pieces if owner == label]
-        clips = clips_of(gathered.pieces, spans, config.frame_seconds) if keep_clips else []
+        clips = clips_of(gathered.pieces, spans, recognizer.features_config.frame_seconds) if gathered.pieces else []
         speakers.append(Speaker(names[label], sum(e - s for s, e in spans), answer, clips))
     return Diarization(segments, speakers, gathered.seconds)
 
