@@ -136,6 +136,10 @@ def report(results: dict, args, config: dict, wall_s: float) -> str:
                f"time, ours {(top1[OURS_TIMED] - top1[ECAPA]) * 100:+.1f} points against ECAPA-TDNN -> ours is "
                f"{'at or above' if top1[OURS_TIMED] >= top1[ECAPA] else 'BELOW'} ECAPA-TDNN at equal wall time")
     text = [common.header("Accuracy at equal budget (CPU)", wall_s),
+            "Mean over seeds (± standard deviation, in points):\n",
+            common.table(["model", "seeds", "steps", "train wall (s)", "top-1 %", "top-5 %", "EER %"], summary), "",
+            f"Top-1: {verdict}.",
+            common.MORE,
             f"Data: `{speech}` prepared by `python -m training.prepare {speech} DIR "
             f"--test-fraction 0.2 --seed 0` ({first['n']} held-out clips of {first['speakers']} speakers, "
             f"sources {', '.join(sources)}). Every model: {args.steps} steps (and ours again for as many steps as fit "
@@ -147,9 +151,6 @@ def report(results: dict, args, config: dict, wall_s: float) -> str:
             f"among all speakers. EER: cosine scores of unit embeddings over all {first['trials']} clip-vs-clip pairs of "
             f"held-out clips (`training.evaluate.pair_verification`). Wall time: the whole training command "
             f"(loading, training, validation, checkpoints).\n",
-            "Mean over seeds (± standard deviation, in points):\n",
-            common.table(["model", "seeds", "steps", "train wall (s)", "top-1 %", "top-5 %", "EER %"], summary), "",
-            f"Top-1: {verdict}.\n",
             "Every run:\n",
             common.table(["model", "seed", "params", "best step", "train wall (s)", "top-1 %", "top-5 %", "EER %"], rows),
             "", "Top-1 % per source (mean over seeds):\n",

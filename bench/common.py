@@ -2,6 +2,8 @@
 
 Each script owns one section of bench/RESULTS.md between `<!-- BEGIN name -->` and
 `<!-- END name -->` and rewrites only that, so the tables can be regenerated one at a time.
+A section with more rows than a scoreboard needs puts a MORE line after its summary: RESULTS.md
+then keeps the summary and a link, and bench/details/<name>.md the whole section.
 """
 
 from __future__ import annotations
@@ -83,11 +85,25 @@ def header(title: str, wall_s: float) -> str:
             f"- command: `{command_line()}` (wall time {wall_s / 60:.1f} min)\n")
 
 
+MORE = "<!-- more -->"  # a line of a section's text: the summary above it goes to RESULTS.md, all of it to details/
+
+
 def write_section(name: str, text: str, path: Path | None = RESULTS) -> None:
-    """Replace section `name` of `path` (appended if absent); with path None, only print it."""
-    print(text)
+    """Replace section `name` of `path` (appended if absent); with path None, only print it.
+
+    A text with a MORE line is cut there: `path` gets the part above it and a link to
+    `details/<name>.md` beside `path`, which gets the whole text (less the MORE line)."""
+    summary, cut, rest = text.partition(f"\n{MORE}\n")
+    whole = f"{summary.rstrip()}\n\n{rest.lstrip()}" if cut else text
+    print(whole)
     if path is None:
         return
+    if cut:
+        details = path.parent / "details" / f"{name}.md"
+        details.parent.mkdir(exist_ok=True)
+        details.write_text(whole.strip() + "\n")
+        text = f"{summary.rstrip()}\n\nThe whole section, every row: [details/{name}.md](details/{name}.md).\n"
+        print(f"wrote {details}")
     begin, end = f"<!-- BEGIN {name} -->", f"<!-- END {name} -->"
     block = f"{begin}\n{text.strip()}\n{end}"
     old = path.read_text() if path.exists() else "# Benchmarks\n"

@@ -60,7 +60,8 @@ def resident_mb() -> float:
 def build(kind: str, threads: int, onnx_path: Path | None = None):
     """-> (model with `embed`, parameter count)."""
     from speaker_app.ecapa import ecapa_config
-    from speaker_app.model import ModelConfig, build_model
+    from speaker_app.model import ModelConfig
+    from speaker_app.registry import build_model
 
     if kind == "onnx":
         from speaker_app.onnx_model import load_onnx
@@ -75,7 +76,8 @@ def export_default(path: Path) -> None:
     """The default ModelConfig with random weights, exported as `training.export` does."""
     from speaker_app.checkpoint import Checkpoint
     from speaker_app.features import FeatureConfig
-    from speaker_app.model import ModelConfig, build_model
+    from speaker_app.model import ModelConfig
+    from speaker_app.registry import build_model
     from training.export import export
 
     speakers = [f"speaker{i}" for i in range(N_SPEAKERS)]
@@ -136,6 +138,13 @@ def report(results: list[dict], repeats: int, wall_s: float) -> str:
     ours, onnx = rtf("conformer"), rtf("onnx")
     gpu = " GPU: not measured: no GPU available." if not torch.cuda.is_available() else ""
     text = [common.header("Inference speed (CPU)", wall_s),
+            f"Our RTF on a 5 s clip with 1 thread, features included: {ours:.4f} ({'meets' if ours <= 0.02 else 'MISSES'} "
+            f"the target of at most 0.02; {1 / ours:.0f} times faster than real time).",
+            "",
+            f"The same model in onnxruntime (5 s clip, 1 thread, features included): RTF {onnx:.4f} against torch's "
+            f"{ours:.4f} ({'meets' if onnx <= ours else 'MISSES'} the goal of at most torch's; "
+            f"torch takes {ours / onnx:.2f} times as long).",
+            common.MORE,
             f"Real speech (vcc2016 clips joined, 16 kHz); frames are what is left after silence removal. "
             f"Median of {repeats} runs after 3 warm-up runs, one clip at a time; `features` is "
             f"`features_from_wave` (normalise, remove silence, log-mel), `embed` is `model.embed` on (1, T, 40) "
@@ -145,14 +154,8 @@ def report(results: list[dict], repeats: int, wall_s: float) -> str:
             f"`training.export` and run by onnxruntime (`speaker_app.onnx_model`, `threads` intra-op threads), "
             f"and ECAPA-TDNN (SpeechBrain, 264 channels); random weights.{gpu}\n",
             common.table(["model", "params", "threads", "clip (s)", "frames", "features (ms)", "embed (ms)",
-                          "total (ms)", "RTF total", "RTF features", "peak RSS (MB)", "growth (MB)"], rows), "",
-            f"Our RTF on a 5 s clip with 1 thread, features included: {ours:.4f} ({'meets' if ours <= 0.02 else 'MISSES'} "
-            f"the target of at most 0.02; {1 / ours:.0f} times faster than real time).",
-            "",
-            f"The same model in onnxruntime (5 s clip, 1 thread, features included): RTF {onnx:.4f} against torch's "
-            f"{ours:.4f} ({'meets' if onnx <= ours else 'MISSES'} the goal of at most torch's; "
-            f"torch takes {ours / onnx:.2f} times as long).\n"]
-    return "\n".join(text)
+                          "total (ms)", "RTF total", "RTF features", "peak RSS (MB)", "growth (MB)"], rows)]
+    return "\n".join(text) + "\n"
 
 
 def main(argv=None) -> int:

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from speaker_app.checkpoint import Checkpoint, load_checkpoint
 from speaker_app.recognizer import Recognizer
-from training.calibrate import audio_clips, read_speaker_list, source_of
+from training.dev_clips import audio_clips, read_speaker_list, source_of
 from training.new_voices import ENROLL, Clip, enroll_by_source, measure, paired_top1, resemblyzer_embeddings
 
 from . import common
@@ -73,10 +73,12 @@ def report(args, tables: dict, paired: dict | None, open_result: dict, checkpoin
                  f"undecodable clips left out: {counts['skipped']}). {fitted} "
                  f"Known speakers' held-out clips: {counts['known']} under `{args.speech}`.\n")
     lines.append(f"### Enroll-{ENROLL}: identify among the enrolled, clip-vs-speaker EER and minDCF (p_target 0.01)\n")
+    columns = ["model", "source", "enrolled speakers", "test clips", "top-1", "EER", "minDCF"]
     rows = [row for name, results in tables.items() for row in enroll_rows(name, results)]
-    lines.append(common.table(["model", "source", "enrolled speakers", "test clips", "top-1", "EER", "minDCF"], rows))
+    lines.append(common.table(columns, [row for row in rows if row[1] == "all"]))
     if paired:
         lines.append(paired_line(paired, "ours (AS-norm)" if "ours (AS-norm)" in tables else "ours (cosine)"))
+    lines += [common.MORE, f"### Enroll-{ENROLL} by source\n", common.table(columns, [row for row in rows if row[1] != "all"])]
     calibration = checkpoint.info.get("calibration", {})
     recognizer = Recognizer(checkpoint)
     decisions = recognizer.decisions

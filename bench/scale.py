@@ -91,7 +91,8 @@ def in_fresh_process(target, *args) -> dict:
 
 def head_memory(n_classes: int) -> dict:
     """Bytes of the model and of its AM-softmax head after one AdamW step (weights, gradient, 2 moments)."""
-    from speaker_app.model import ModelConfig, build_model
+    from speaker_app.model import ModelConfig
+    from speaker_app.registry import build_model
     from training.config import TrainConfig
     from training.loop import make_optimizer
 
@@ -112,7 +113,8 @@ def head_memory(n_classes: int) -> dict:
 def step_time(n_classes: int, steps: int) -> float:
     """Seconds per training step (augmentation, forward, backward, AdamW) at batch 32, 128 frames."""
     from speaker_app.features import FeatureConfig
-    from speaker_app.model import ModelConfig, build_model
+    from speaker_app.model import ModelConfig
+    from speaker_app.registry import build_model
     from training.augment import AugmentConfig, Augmenter
     from training.config import TrainConfig
     from training.loop import make_optimizer, make_schedule, train_step

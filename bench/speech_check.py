@@ -72,6 +72,7 @@ def report(results: dict, wall_s: float) -> str:
         for source, (n, bad) in counts.items():
             rows.append([f"`{root}`", source, n, bad, f"{100 * bad / n:.2f}%"])
     lines.append(common.table(["folder", "source", "clips", "refused", "share"], rows))
+    lines.append(common.MORE)
     for root, (counts, refused, undecodable) in results.items():
         if refused:
             lines.append(f"\nRefused under `{root}`:\n")

@@ -31,7 +31,8 @@ from speaker_app import heap
 from speaker_app.configs import from_dict
 from speaker_app.ecapa import ecapa_config
 from speaker_app.features import FeatureConfig
-from speaker_app.model import ModelConfig, build_model
+from speaker_app.model import ModelConfig
+from speaker_app.registry import build_model
 from training.augment import Augmenter
 from training.config import TrainConfig
 from training.data import FeatureBank, Utterance, crop_batches

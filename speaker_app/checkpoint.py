@@ -1,104 +1,24 @@
-"""Self-describing checkpoints: weights plus everything needed to use them.
+"""Checkpoint files: save one, and load whichever kind of model file a path names.
 
-A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts, so
-it loads with `torch.load(..., weights_only=True)` (through `files.load_tensor_file`):
-a file carrying a pickled program is refused instead of run. Writes are atomic
-(`files.atomic_write`) and can keep the previous version beside the new one.
+A checkpoint (`Checkpoint`, defined in `speaker_app.checkpoint_format` and importable from here) is a
+plain dict of tensors, numbers, strings, lists and dicts, so it loads with
+`torch.load(..., weights_only=True)` (through `files.load_tensor_file`): a file carrying a pickled
+program is refused instead of run. Writes are atomic (`files.atomic_write`) and can keep the previous
+version beside the new one. `load_checkpoint` asks the file's suffix: a `.onnx` file
+(`training.export`) loads as an `OnnxCheckpoint`, run by onnxruntime (`speaker_app.onnx_model`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from .features import FeatureConfig
+from .checkpoint_format import Checkpoint, CheckpointError
 from .files import TensorFileError, atomic_write, load_tensor_file, previous_path
-from .model import ModelConfig, SpeakerModel, build_model
+from .onnx_model import load_onnx
 
-FORMAT_VERSION = 2  # 2: model configs name every architecture choice of their time (a field they lack: its LEGACY value)
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that is missing, damaged, unsafe or does not fit."""
-
-
-@dataclass
-class Checkpoint:
-    model_config: ModelConfig
-    feature_config: FeatureConfig
-    speakers: list[str]
-    state_dict: dict[str, torch.Tensor]
-    step: int = 0
-    metrics: dict = field(default_factory=dict)
-    info: dict = field(default_factory=dict)  # training data, config, calibration, ...
-    training_state: dict = field(default_factory=dict)  # optimizer, scheduler, RNG: last.pt only
-    # (K, E) unit embeddings of training speakers that are not among `speakers` (for the default model,
-    # their mean embeddings): the cohort that adaptive score normalisation compares each side of a trial with.
-    cohort: torch.Tensor | None = None
-
-    def build_model(self) -> SpeakerModel:
-        model = build_model(self.model_config, len(self.speakers))
-        try:
-            model.load_state_dict(self.state_dict)
-        except RuntimeError as error:
-            # torch lists every tensor; the first problem and a count say enough.
-            problems = [line.strip() for line in str(error).splitlines()[1:] if line.strip()] or [str(error)]
-            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-            raise CheckpointError(f"weights do not fit the stored model config: {problems[0]}{more}") from None
-        return model.eval()
-
-    def to_dict(self) -> dict:
-        return {
-            "format_version": FORMAT_VERSION,
-            "model_config": self.model_config.to_dict(),
-            "feature_config": self.feature_config.to_dict(),
-            "speakers": list(self.speakers),
-            "state_dict": self.state_dict,
-            "step": self.step,
-            "metrics": self.metrics,
-            "info": self.info,
-            "training_state": self.training_state,
-            **({"cohort": self.cohort} if self.cohort is not None else {}),
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict) -> Checkpoint:
-        missing = {"model_config", "feature_config", "speakers", "state_dict"} - set(data)
-        if missing:
-            raise CheckpointError(f"not a speaker checkpoint: missing {sorted(missing)}")
-        version = data.get("format_version", 1)
-        if version > FORMAT_VERSION:
-            raise CheckpointError(f"checkpoint format {version} is newer than this code ({FORMAT_VERSION})")
-        try:
-            checkpoint = cls(
-                model_config=ModelConfig.from_dict(data["model_config"]),
-                feature_config=FeatureConfig.from_dict(data["feature_config"]),
-                speakers=list(data["speakers"]), state_dict=data["state_dict"],
-                step=int(data.get("step", 0)), metrics=dict(data.get("metrics", {})),
-                info=dict(data.get("info", {})), training_state=dict(data.get("training_state", {})),
-                cohort=data.get("cohort"),
-            )
-        except (TypeError, ValueError) as error:
-            raise CheckpointError(f"checkpoint config is invalid: {error}") from None
-        features, model = checkpoint.feature_config.n_mels, checkpoint.model_config.n_mels
-        if features != model:
-            raise CheckpointError(f"checkpoint does not fit together: its feature config makes {features} mel bins, "
-                                  f"its model expects {model}")
-        check_cohort(checkpoint.cohort, checkpoint.model_config.embedding_size)
-        return checkpoint
-
-
-def check_cohort(cohort, emb_dim: int) -> None:
-    """A cohort is None or a finite floating-point (K, emb_dim) tensor with K >= 2."""
-    if cohort is None:
-        return
-    if not isinstance(cohort, torch.Tensor) or cohort.dim() != 2 or len(cohort) < 2 or cohort.shape[1] != emb_dim:
-        shape = tuple(cohort.shape) if isinstance(cohort, torch.Tensor) else type(cohort).__name__
-        raise CheckpointError(f"checkpoint's cohort must be a (K >= 2, {emb_dim}) tensor, got {shape}")
-    if not cohort.dtype.is_floating_point or not torch.isfinite(cohort).all():
-        raise CheckpointError("checkpoint's cohort must hold finite floating-point values")
+__all__ = ["Checkpoint", "CheckpointError", "load_checkpoint", "save_checkpoint"]
 
 
 def save_checkpoint(checkpoint: Checkpoint, path: str | Path, keep_previous: bool = False) -> None:
@@ -110,9 +30,7 @@ def load_checkpoint(path: str | Path, fallback: bool = False) -> Checkpoint:
     A `.onnx` file (training.export) loads as an OnnxCheckpoint, run by onnxruntime."""
     path = Path(path)
     if path.suffix.lower() == ".onnx":
-        from .onnx_model import load_onnx  # onnxruntime is optional: imported only for ONNX files
-
-        return load_onnx(path)
+        return load_onnx(path)  # imports onnxruntime, an optional dependency, only now
     try:
         return _load(path)
     except CheckpointError as error:

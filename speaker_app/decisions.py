@@ -9,7 +9,13 @@
 
 Identification names the best-scoring speaker when its score (clip vs speaker)
 reaches the identification threshold; verification says "same" when a clip-vs-clip
-score reaches the verification threshold. Probabilities shown to people are
+score reaches the verification threshold. A gallery-calibrated identification record
+(`training.calibrate` since 2026-12-07) holds two thresholds, one for the model's own
+speakers (scored by prototype) and one for enrolled speakers (scored by voiceprint),
+and may let the enrolled speakers' threshold move with what is known at decision
+time: the seconds of speech in the clip and in the speaker's enrollment
+(`per_log_test_seconds`, `per_log_enroll_seconds`: the change per unit of their
+natural logarithms, from the threshold at `reference_seconds`). Probabilities shown to people are
 P(known) = sigmoid(slope * (best score - identification threshold)), so a speaker
 is named exactly when P(known) >= 50%, times a softmax over the speakers' scores
 at the fitted temperature; the rest, 1 - P(known), is "unknown speaker".
@@ -31,19 +37,60 @@ from .scoring import DEFAULT_TOP_K, Scorer
 SCORES = ("cosine", "as-norm")
 DEFAULT_THRESHOLD = {"cosine": 0.5, "as-norm": 3.0}  # rough guesses for uncalibrated checkpoints
 DEFAULT_SLOPE = {"cosine": 10.0, "as-norm": 1.0}  # P(known) per unit of score above the threshold, unfitted
+DEFAULT_MIN_ENROLL_SECONDS = 10.0  # unless the calibration measured it
 MAX_PROBABILITY = 0.99  # a few hundred calibration trials cannot support more certainty than this
+
+
+SECONDS_RANGE = (0.5, 60.0)  # quality terms hold durations to the range calibration sees
+REFERENCE_SECONDS = {"test": 3.0, "enroll": 15.0}
 
 
 @dataclass(frozen=True)
 class Rule:
-    threshold: float
+    threshold: float  # for enrolled speakers at the reference durations (and for everything, without the rest)
     method: str  # how the threshold was set, for people, with its trials and measured rates
     calibrated: bool  # fitted for this decision, on this model's scores
     rule: str = ""  # the method in brief
+    known_threshold: float | None = None  # for the model's own speakers (prototypes); None: `threshold`
+    per_log_test_seconds: float = 0.0
+    per_log_enroll_seconds: float = 0.0
 
     @property
     def summary(self) -> str:
         return self.rule or self.method
+
+    def threshold_for(self, enrolled: bool, test_seconds: float = REFERENCE_SECONDS["test"],
+                      enroll_seconds: float = REFERENCE_SECONDS["enroll"]) -> float:
+        """The threshold a candidate's score must reach: a known speaker's, or an enrolled one's given the
+        clip's and the enrollment's seconds of speech (NaN or unknown: the reference)."""
+        if not enrolled:
+            return self.threshold if self.known_threshold is None else self.known_threshold
+        return (self.threshold + self.per_log_test_seconds * _log_ratio(test_seconds, "test")
+                + self.per_log_enroll_seconds * _log_ratio(enroll_seconds, "enroll"))
+
+
+def _log_ratio(seconds: float, kind: str) -> float:
+    if not math.isfinite(seconds) or seconds <= 0:
+        return 0.0
+    low, high = SECONDS_RANGE
+    return math.log(min(max(seconds, low), high) / REFERENCE_SECONDS[kind])
+
+
+@dataclass(frozen=True)
+class EnrollmentRule:
+    """When the Enroll tab advises: too little speech, or a piece unlike the others."""
+    min_seconds: float  # less enrollment speech than this is recognised markedly less often
+    why_seconds: str  # the measurement behind it, for people
+    disagree_below: float  # a piece scoring below this against the mean of the others does not sound like them
+    why_disagree: str
+
+    @classmethod
+    def from_record(cls, record: dict | None, verification: Rule) -> EnrollmentRule:
+        record = record or {}
+        return cls(float(record.get("min_seconds", DEFAULT_MIN_ENROLL_SECONDS)),
+                   record.get("why_seconds") or "too little to be recognised reliably (a default, not measured).",
+                   float(record.get("disagree_below", verification.threshold)),
+                   record.get("why_disagree") or "its score against the others is below the verification threshold")
 
 
 @dataclass(frozen=True)
@@ -56,6 +103,7 @@ class Decisions:
     temperature: float  # softmax temperature over the speakers' scores
     probability_method: str
     probability_calibrated: bool
+    enrollment: EnrollmentRule | None = None
 
     @classmethod
     def from_calibration(cls, calibration: dict | None, has_cohort: bool, scale: float = 30.0) -> Decisions:
@@ -89,15 +137,18 @@ class Decisions:
             method, fitted = "defaults, not fitted: a rough guide", False
         if not (slope > 0 and temperature > 0):
             raise ValueError(f"calibration needs a positive slope and temperature, got {slope}, {temperature}")
-        return cls(score, top_k, identification, verification, slope, temperature, method, fitted)
+        enrollment = EnrollmentRule.from_record(calibration.get("enrollment"), verification)
+        return cls(score, top_k, identification, verification, slope, temperature, method, fitted, enrollment)
 
     def scorer(self, cohort: torch.Tensor | None) -> Scorer:
         """The scorer these decisions are made on: AS-norm against the cohort, or cosine."""
         return Scorer(cohort if self.score == "as-norm" else None, self.top_k)
 
-    def p_known(self, best_score: float) -> float:
-        """Probability that the speaker is one of those compared with, from the best score; at most 0.99."""
-        z = self.slope * (best_score - self.identification.threshold)
+    def p_known(self, best_score: float, threshold: float | None = None) -> float:
+        """Probability that the speaker is one of those compared with, from the best score and the threshold it
+        had to reach (default: the identification threshold); at most 0.99."""
+        threshold = self.identification.threshold if threshold is None else threshold
+        z = self.slope * (best_score - threshold)
         return min(MAX_PROBABILITY, 1 / (1 + math.exp(-max(-60.0, min(60.0, z)))))
 
     def shares(self, scores: torch.Tensor) -> torch.Tensor:
@@ -108,4 +159,7 @@ class Decisions:
 def _rule(record: dict | None, score: str) -> Rule:
     if not record or record.get("threshold") is None:
         return Rule(DEFAULT_THRESHOLD[score], f"a default for {score} scores: this checkpoint is not calibrated", False)
-    return Rule(float(record["threshold"]), record.get("method") or "calibrated", True, record.get("rule") or "")
+    known = record.get("known_threshold")
+    return Rule(float(record["threshold"]), record.get("method") or "calibrated", True, record.get("rule") or "",
+                None if known is None else float(known), float(record.get("per_log_test_seconds", 0.0)),
+                float(record.get("per_log_enroll_seconds", 0.0)))

@@ -7,6 +7,7 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
+from .decisions import REFERENCE_SECONDS
 from .recognizer import Identification, Match, Recognizer, Verification
 
 
@@ -37,8 +38,16 @@ def score_name(kind: str) -> str:
 def identification_note(recognizer: Recognizer, brief: bool = False) -> str:
     """How the identification (clip vs speaker) threshold was set, from the checkpoint's calibration."""
     rule = recognizer.decisions.identification
-    text = (f"Identification threshold {rule.threshold:.3f} ({score_name(recognizer.scorer.kind)}): "
-            f"{rule.summary if brief else rule.method}")
+    if rule.known_threshold is None:
+        which = f"Identification threshold {rule.threshold:.3f}"
+    else:
+        which = (f"Identification thresholds {rule.known_threshold:.3f} for the model's speakers and "
+                 f"{rule.threshold:.3f} for enrolled ones")
+        if rule.per_log_test_seconds or rule.per_log_enroll_seconds:
+            which += (f" (at {REFERENCE_SECONDS['test']:g} s of speech enrolled from {REFERENCE_SECONDS['enroll']:g} s; "
+                      f"{rule.per_log_test_seconds:+.2f} and {rule.per_log_enroll_seconds:+.2f} per unit of the log of "
+                      "each)")
+    text = f"{which} ({score_name(recognizer.scorer.kind)}): {rule.summary if brief else rule.method}"
     return text if rule.calibrated else text + "; names are a rough guide"
 
 

@@ -1,8 +1,9 @@
 """Enrolled speakers: unit embeddings under display names, in one JSON file per model or in memory.
 
-Each speaker is stored as the mean direction of their enrollment clips and, for
-score normalisation, each clip's own embedding (an entry from before clips were
-kept counts its mean as its one clip).
+Each speaker is stored as the mean direction of their enrollment clips, each
+clip's own embedding (for score normalisation; an entry from before clips were
+kept counts its mean as its one clip) and the seconds of speech they held (the
+identification threshold depends on it; an entry from before counts as unknown).
 
 The gallery belongs to one model (embeddings of another model mean nothing),
 so it records the checkpoint's fingerprint and refuses to mix. On disk it is
@@ -59,6 +60,7 @@ class Enrolled(NamedTuple):
     embeddings: torch.Tensor | None  # (N, E) unit: each speaker's voiceprint; None when nobody is enrolled
     clips: torch.Tensor | None  # (G, E) unit: the enrollment clips
     owners: torch.Tensor | None  # (G,) long: the row of `names` each clip belongs to
+    seconds: torch.Tensor | None = None  # (N,) seconds of speech each speaker was enrolled from; NaN: not recorded
 
 
 class NameTaken(ValueError):
@@ -163,6 +165,10 @@ class Gallery:
                 return str(error)
         if not isinstance(entry.get("clips"), int) or not isinstance(entry.get("enrolled"), str):
             return "its clip count or date is missing"
+        seconds = entry.get("seconds")
+        if seconds is not None and (isinstance(seconds, bool) or not isinstance(seconds, (int, float))
+                                    or not 0 < seconds < math.inf):
+            return "its seconds of speech are not a positive number"
         return None
 
     def _quarantine(self, speakers: dict, bad: dict[str, str]) -> None:
@@ -198,9 +204,9 @@ class Gallery:
             return self._stored(name)
 
     def add(self, name: str, embedding: torch.Tensor, clips: int, replace: bool = False,
-            clip_embeddings: torch.Tensor | None = None) -> str:
-        """Store a unit embedding under `name`, with the (clips, E) unit embeddings of its clips when given;
-        NameTaken if the name is enrolled and not `replace`.
+            clip_embeddings: torch.Tensor | None = None, seconds: float | None = None) -> str:
+        """Store a unit embedding under `name`, with the (clips, E) unit embeddings of its clips and the
+        seconds of speech they held when given; NameTaken if the name is enrolled and not `replace`.
 
         The check and the write happen under one lock: of two enrollments of one name, one wins."""
         name = sanitise_name(name)
@@ -212,6 +218,10 @@ class Gallery:
             for vector in clip_embeddings:
                 check_embedding(vector, self.dim)
             entry["clip_embeddings"] = [_rounded(vector) for vector in clip_embeddings]
+        if seconds is not None:
+            if not 0 < seconds < math.inf:
+                raise ValueError(f"seconds of speech must be positive, got {seconds}")
+            entry["seconds"] = round(float(seconds), 3)
         with self._lock:
             stored = self._stored(name)
             if stored is not None and not replace:
@@ -260,8 +270,9 @@ def _as_tensors(speakers: dict[str, dict]) -> Enrolled:
     entries = [speakers[n] for n in names]
     clips = [e.get("clip_embeddings") or [e["embedding"]] for e in entries]
     owners = torch.arange(len(names)).repeat_interleave(torch.tensor([len(c) for c in clips]))
+    seconds = torch.tensor([float(e.get("seconds", math.nan)) for e in entries])
     return Enrolled(names, torch.tensor([e["embedding"] for e in entries]),
-                    torch.tensor([vector for rows in clips for vector in rows]), owners)
+                    torch.tensor([vector for rows in clips for vector in rows]), owners, seconds)
 
 
 def _rounded(embedding: torch.Tensor) -> list[float]:

@@ -3,9 +3,10 @@
 Reads top-down: the parts (feed-forward, rotary positions, self-attention,
 mask-aware batch norm, convolution module, front ends, Conformer block,
 attentive pooling, margin heads), then `ModelConfig`, then the networks
-(`SpeakerConformer`, the course's sample `BaselineTransformer`), the
-registry that builds them by `ModelConfig.kind`, and `Ensemble`: several trained
-models of one config answering as one.
+(`SpeakerConformer`, the course's sample `BaselineTransformer`) and `Ensemble`:
+several trained models of one config answering as one. `speaker_app.registry`
+builds a network by `ModelConfig.kind` (`build_model`), this module's kinds and
+the benchmarks' peer (`speaker_app.ecapa`) alike.
 
 Lengths travel with the features: padding is masked in the front end, in
 attention, in the depthwise convolution, in batch-norm statistics and in the
@@ -16,8 +17,8 @@ a time.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, replace
-from typing import Callable, NamedTuple
+from dataclasses import asdict, dataclass
+from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -349,6 +350,8 @@ class LinearHead(nn.Module):
         return logits
 
 
+# The kinds of network, the keys of `speaker_app.registry.MODELS`: ours, the course sample, the benchmarks' peer.
+KINDS = ("conformer", "baseline", "ecapa")
 # What each choice of ModelConfig may be.
 CHOICES = {
     "input_norm": ("global", "cmn", "none"),  # per-bin statistics of the training data, per utterance, none
@@ -370,7 +373,7 @@ LEGACY = {"frontend": "conv1d", "frontend_channels": 64, "conv_norm": "layer", "
 
 @dataclass(frozen=True)
 class ModelConfig:
-    kind: str = "conformer"  # a key of MODELS: "conformer", "baseline" (the course sample) or "ecapa"
+    kind: str = "conformer"  # one of KINDS: "conformer", "baseline" (the course sample) or "ecapa"
     input_norm: str = "global"
     n_mels: int = 40
     d_model: int = 144  # for kind "ecapa": its TDNN channels
@@ -386,7 +389,7 @@ class ModelConfig:
     aggregate: str = "mfa"
     pooling: str = "frame"
     time_stride: str = "first"
-    stats_norm: str = "batch"  # as in ECAPA-TDNN: +5 points at 250 steps on the 31 speakers (bench/RESULTS.md)
+    stats_norm: str = "batch"  # as in ECAPA-TDNN: +5 points at 250 steps (bench/notes/2026-12-02-pooled-statistics-norm.md)
     dropout: float = 0.0  # none by default: at short budgets it did not help, and it costs ~28 % of a CPU step
     emb_dim: int = 192
     head: str = "am"
@@ -405,8 +408,8 @@ class ModelConfig:
         return self.emb_dim * self.members
 
     def __post_init__(self):
-        if self.kind not in MODELS:
-            raise ValueError(f"model kind must be one of {sorted(MODELS)}, got {self.kind!r}")
+        if self.kind not in KINDS:
+            raise ValueError(f"model kind must be one of {sorted(KINDS)}, got {self.kind!r}")
         for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
@@ -607,19 +610,6 @@ class BaselineTransformer(SpeakerModel):
         return torch.einsum("bt,btd->bd", weights, x), weights
 
 
-def _ecapa(config: ModelConfig, n_speakers: int) -> SpeakerModel:
-    from .ecapa import EcapaSpeaker  # needs speechbrain, a benchmark-only dependency
-
-    return EcapaSpeaker(config, n_speakers)
-
-
-MODELS: dict[str, Callable[[ModelConfig, int], SpeakerModel]] = {
-    "conformer": SpeakerConformer,
-    "baseline": BaselineTransformer,
-    "ecapa": _ecapa,
-}
-
-
 class EnsembleHead(nn.Module):
     """The members' margin heads as one over the ensemble's embedding, without a margin (inference only):
     class c's vector is the members' unit vectors of c concatenated and scaled by 1/sqrt(k), so the cosine
@@ -647,14 +637,17 @@ class Ensemble(nn.Module):
     The embedding is the members' unit embeddings concatenated and scaled by 1/sqrt(k): itself of unit
     norm, so that the cosine of two is the mean of the members' cosines. Independent runs err on
     different clips, so their mean score sets voices apart better than any one of them
-    (bench/RESULTS.md, "Ensembles"). Attention maps and pooling weights are the first member's.
+    (bench/notes/2026-12-06-ensembles.md). Attention maps and pooling weights are the first member's.
     """
 
-    def __init__(self, config: ModelConfig, n_speakers: int):
+    def __init__(self, config: ModelConfig, members: list[SpeakerModel]):
+        """`members`: `config.members` networks of the config with `members=1` (`registry.build_model`
+        builds them)."""
         super().__init__()
+        if len(members) != config.members:
+            raise ValueError(f"an ensemble of {config.members} members got {len(members)}")
         self.config = config
-        single = replace(config, members=1)
-        self.members = nn.ModuleList(MODELS[config.kind](single, n_speakers) for _ in range(config.members))
+        self.members = nn.ModuleList(members)
         self.frame_step = self.members[0].frame_step
         self.head = EnsembleHead(self.members, config.scale)
 
@@ -673,9 +666,3 @@ class Ensemble(nn.Module):
         first = self.members[0].forward_intermediates(features, lengths)
         embedding = self._joined([first.embedding, *(m.embed(features, lengths) for m in self.members[1:])])
         return first._replace(logits=self.head(embedding), embedding=embedding)
-
-
-def build_model(config: ModelConfig, n_speakers: int) -> SpeakerModel | Ensemble:
-    if config.members > 1:
-        return Ensemble(config, n_speakers)
-    return MODELS[config.kind](config, n_speakers)

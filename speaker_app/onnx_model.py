@@ -27,9 +27,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import Checkpoint, CheckpointError, check_cohort
+from .checkpoint_format import Checkpoint, CheckpointError, check_cohort
 from .features import FeatureConfig
-from .model import MarginHead, ModelConfig, build_model
+from .model import MarginHead, ModelConfig
+from .registry import build_model
 
 INSTALL = "pip install onnxruntime onnx"
 HEAD_TOLERANCE = 1e-3  # max |logit difference| between the rebuilt head and the graph's logits

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -43,10 +44,30 @@ MAX_BATCH = 8  # requests the model runs together; their attention maps stay sma
 # stored over at most MAP_CELLS time spans a side, about what the heatmap shows (~420 pixels), in float16:
 # at most 0.5 MB for 4 layers x 4 heads, whatever the length (15 s in full: 18 MB).
 MAP_CELLS = 128
+# A long enrollment recording ("read this paragraph") is cut into pieces of about this much speech, at most
+# MAX_PIECES of them: the pieces are its clips, for score normalisation and for checking that they agree.
+PIECE_SECONDS = 6.0
+MAX_PIECES = 5
 
 
 class InputError(ValueError):
     """Input the recognizer cannot use; the message says why, for the user."""
+
+
+class Enrollment(NamedTuple):
+    name: str  # as stored (sanitised)
+    clips: int  # pieces embedded: each clip, a long recording cut into pieces
+    seconds: float  # speech they held, after silence removal
+    advice: list[str]  # for the person enrolling: too little speech, pieces that do not sound alike
+
+
+class Candidates(NamedTuple):
+    """Everyone a clip is compared with: the model's speakers, then the enrolled ones."""
+    names: list[str]
+    scores: torch.Tensor  # (N,) decision scores (AS-norm or cosine)
+    cosines: torch.Tensor  # (N,)
+    enrolled: list[bool]
+    seconds: list[float]  # of enrollment speech; NaN for the model's speakers and for entries that did not record it
 
 
 class Match(NamedTuple):
@@ -61,12 +82,13 @@ class Match(NamedTuple):
 class Identification:
     matches: list[Match]  # top-k, best first
     best: Match | None  # the best-scoring speaker, None ("unknown speaker") when below the threshold or no speech
-    threshold: float  # the identification threshold on `score`
+    threshold: float  # the identification threshold the best speaker's score had to reach
     seconds: float  # speech analysed (after silence removal)
     notes: list[str]
     unknown: float = 1.0  # probability that the speaker is none of the known and enrolled speakers
     speech: bool = True  # False: the input does not look like speech, and no one is named
     score_kind: str = "cosine"  # "cosine" or "as-norm"
+    margin: float = float("nan")  # the best score minus the threshold it had to reach (named when >= 0)
 
 
 @dataclass
@@ -275,11 +297,7 @@ class Recognizer:
 
     def speech_embedding(self, source, what: str = "the clip") -> torch.Tensor:
         """A unit-norm (E,) embedding of a source that must hold speech; InputError if it does not."""
-        features, _ = self.features(source)
-        check = check_speech(features)
-        if not check.speech:
-            raise InputError(f"{what} holds no speech: {check.reason}")
-        return self._outputs(features)[0]
+        return self._outputs(self.speech_features(source, what))[0]
 
     def identify(self, source, top_k: int = 5) -> Identification:
         return self._identify(source, top_k, explain=False)[0]
@@ -307,8 +325,8 @@ class Recognizer:
         return result, Explanation(features[: inside.frames], maps, inside.pooling, step,
                                    len(features) > inside.frames)
 
-    def scores(self, embedding: torch.Tensor) -> tuple[list[str], torch.Tensor, torch.Tensor, list[bool]] | None:
-        """(E,) unit embedding -> names, (N,) decision scores, (N,) cosines, enrolled flags; None if no candidates.
+    def scores(self, embedding: torch.Tensor) -> Candidates | None:
+        """(E,) unit embedding -> every candidate's decision score and cosine; None if there are no candidates.
 
         The known speakers are scored by prototype, the enrolled ones by voiceprint, all with one rule: the
         enrolled speakers' clips join the cohort of every trial but their own (`Scorer.score_speakers`)."""
@@ -320,17 +338,21 @@ class Recognizer:
         owners = enrolled.owners + len(known) if enrolled.owners is not None else None
         scores = self.scorer.score_speakers(embedding[None], candidates, enrolled.clips, owners)[0]
         flags = [False] * len(known) + [True] * len(enrolled.names)
-        return known + enrolled.names, scores, cosine(embedding[None], candidates)[0], flags
+        seconds = [math.nan] * len(known) + (enrolled.seconds.tolist() if enrolled.seconds is not None
+                                             else [math.nan] * len(enrolled.names))
+        return Candidates(known + enrolled.names, scores, cosine(embedding[None], candidates)[0], flags, seconds)
 
     def decide(self, embedding: torch.Tensor, logits: torch.Tensor, seconds: float, notes: list[str],
                top_k: int = 5, speech: SpeechCheck | None = None) -> Identification:
-        """One clip's answer from its (E,) unit embedding and (C,) logits.
+        """One clip's answer from its (E,) unit embedding, (C,) logits and seconds of speech.
 
         Each known speaker (by prototype) and each enrolled speaker (by the mean of
         their clips' embeddings) gets the decision score; the best is named when it
-        reaches the identification threshold and the input is speech. Probabilities:
-        P(known) from the best score, shared among the speakers by a softmax at the
-        fitted temperature; 1 - P(known) is `unknown`.
+        reaches its threshold (a known speaker's, or an enrolled speaker's given the
+        clip's and the enrollment's seconds of speech: `Rule.threshold_for`) and the
+        input is speech. Probabilities: P(known) from the best score's distance to that
+        threshold, shared among the speakers by a softmax at the fitted temperature;
+        1 - P(known) is `unknown`.
         """
         notes = list(notes)
         is_speech = speech is None or speech.speech
@@ -342,18 +364,21 @@ class Recognizer:
             order = probabilities.argsort(descending=True)[: max(1, top_k)].tolist()
             matches = [Match(self.speakers[i], float(probabilities[i]), float("nan"), False) for i in order]
             return Identification(matches, None, self.threshold, seconds, notes, 0.0, is_speech, self.scorer.kind)
-        names, scores, cosines, flags = scored
+        names, scores, cosines, flags, enrolled_seconds = scored
         best_index = int(scores.argmax())
-        p_known = self.decisions.p_known(float(scores[best_index])) if is_speech else 0.0
+        threshold = self.decisions.identification.threshold_for(flags[best_index], seconds,
+                                                                enrolled_seconds[best_index])
+        best_score = float(scores[best_index])
+        p_known = self.decisions.p_known(best_score, threshold) if is_speech else 0.0
         probabilities = p_known * self.decisions.shares(scores)
         order = scores.argsort(descending=True)[: max(1, top_k)].tolist()
 
         def match(i):
             return Match(names[i], float(probabilities[i]), float(scores[i]), flags[i], float(cosines[i]))
 
-        best = match(best_index) if is_speech and float(scores[best_index]) >= self.threshold else None
-        return Identification([match(i) for i in order], best, self.threshold, seconds, notes,
-                              1.0 - p_known, is_speech, self.scorer.kind)
+        best = match(best_index) if is_speech and best_score >= threshold else None
+        return Identification([match(i) for i in order], best, threshold, seconds, notes,
+                              1.0 - p_known, is_speech, self.scorer.kind, best_score - threshold)
 
     def verify(self, first, second) -> Verification:
         """Same speaker or not, at the verification threshold; both clips must hold speech."""
@@ -368,10 +393,17 @@ class Recognizer:
         return self.gallery.enrolled() if self.gallery is not None else Enrolled([], None, None, None)
 
     def enroll(self, name: str, sources: list, replace: bool = False) -> str:
-        """Store the mean embedding of 1-5 clips under `name`; returns the stored (sanitised) name.
+        """Store the voiceprint of 1-5 clips under `name`; returns the stored (sanitised) name. See enroll_report."""
+        return self.enroll_report(name, sources, replace).name
+
+    def enroll_report(self, name: str, sources: list, replace: bool = False) -> Enrollment:
+        """Store the mean embedding of 1-5 clips under `name`, with each clip's embedding and their seconds of
+        speech; a clip longer than 2 x PIECE_SECONDS of speech is cut into pieces, each its own clip.
 
         A name already enrolled (up to case and spaces) raises InputError unless `replace`; of two
         enrollments of one name at the same time, one wins and the other is told the name is taken.
+        The advice says when the speech is too little to be recognised reliably, and when a piece
+        does not sound like the others (two people, or a noisy clip).
         """
         if self.gallery is None:
             raise InputError("this recognizer has no gallery to enroll into")
@@ -386,18 +418,62 @@ class Recognizer:
             raise InputError(f"{clean!r} is already one of the model's speakers; choose another name")
         if not replace and (stored := self.gallery.find(clean)) is not None:
             raise InputError(_taken(stored))
-        embeddings = torch.stack([self.speech_embedding(s, f"clip {i + 1}") for i, s in enumerate(sources)])
+        parts, labels = [], []
+        for i, source in enumerate(sources):
+            features = self.speech_features(source, f"clip {i + 1}")
+            pieces = enrollment_pieces(features, round(PIECE_SECONDS / self.features_config.frame_seconds))
+            parts += pieces
+            labels += [f"clip {i + 1}" + (f" (part {j + 1})" if len(pieces) > 1 else "") for j in range(len(pieces))]
+        embeddings = torch.stack([self._outputs(piece)[0] for piece in parts])
+        seconds = sum(len(piece) for piece in parts) * self.features_config.frame_seconds
         try:
-            return self.gallery.add(clean, centroid(embeddings), len(sources), replace=replace,
-                                    clip_embeddings=embeddings)
+            stored = self.gallery.add(clean, centroid(embeddings), len(parts), replace=replace,
+                                      clip_embeddings=embeddings, seconds=seconds)
         except NameTaken as taken:  # enrolled by someone else while these clips were embedded
             raise InputError(_taken(taken.name)) from None
         except ValueError as error:  # a voiceprint the gallery refuses (e.g. clips that cancel out)
             raise InputError(f"cannot enroll {clean!r}: {error}") from None
+        return Enrollment(stored, len(parts), seconds, self.enrollment_advice(embeddings, labels, seconds))
+
+    def speech_features(self, source, what: str = "the clip") -> torch.Tensor:
+        """(T, n_mels) features of a source that must hold speech; InputError if it does not."""
+        features, _ = self.features(source)
+        check = check_speech(features)
+        if not check.speech:
+            raise InputError(f"{what} holds no speech: {check.reason}")
+        return features
+
+    def enrollment_advice(self, embeddings: torch.Tensor, labels: list[str], seconds: float) -> list[str]:
+        """What to tell the person enrolling from (P, E) piece embeddings, their labels and seconds of speech."""
+        advice = []
+        rule = self.decisions.enrollment
+        if seconds < rule.min_seconds:
+            advice.append(f"only {seconds:.1f} s of speech: {rule.why_seconds} Record about "
+                          f"{rule.min_seconds - seconds:.0f} s more, or add clips.")
+        if len(embeddings) >= 2:
+            agreement = leave_one_out(self.scorer, embeddings)
+            odd = [label for label, score in zip(labels, agreement.tolist()) if score < rule.disagree_below]
+            if odd:
+                advice.append(f"{', '.join(odd)} {'does' if len(odd) == 1 else 'do'} not sound like the rest "
+                              f"({rule.why_disagree}): if two people speak, enroll each on their own.")
+        return advice
 
     def forget(self, name: str) -> str | None:
         """Delete an enrolled speaker (matched up to case and spaces); the name deleted, or None."""
         return self.gallery.remove(name) if self.gallery is not None else None
+
+
+def enrollment_pieces(features: torch.Tensor, piece_frames: int, max_pieces: int = MAX_PIECES) -> list[torch.Tensor]:
+    """(T, F) -> pieces of nearly equal length of about piece_frames (at most max_pieces); shorter than two
+    pieces' worth, the whole."""
+    count = min(max_pieces, len(features) // piece_frames)
+    return list(torch.tensor_split(features, count)) if count >= 2 else [features]
+
+
+def leave_one_out(scorer, embeddings: torch.Tensor) -> torch.Tensor:
+    """(P, E) unit embeddings of one speaker's pieces -> (P,) each one's score against the mean of the others."""
+    others = torch.stack([centroid(torch.cat([embeddings[:i], embeddings[i + 1:]])) for i in range(len(embeddings))])
+    return scorer.score(embeddings, others).diagonal()
 
 
 def _taken(name: str) -> str:

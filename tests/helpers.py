@@ -24,7 +24,8 @@ import torch
 
 from speaker_app.checkpoint import Checkpoint, save_checkpoint
 from speaker_app.features import FeatureConfig
-from speaker_app.model import ModelConfig, build_model
+from speaker_app.model import ModelConfig
+from speaker_app.registry import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 ALLISON = ROOT / "examples" / "asterisk-allison_en-US_followme-status.flac"  # held out from training

@@ -14,8 +14,9 @@ import app
 from speaker_app import describe
 from speaker_app.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from speaker_app.features import FeatureConfig, features_from_file
-from speaker_app.model import ModelConfig, build_model
+from speaker_app.model import ModelConfig
 from speaker_app.recognizer import Recognizer
+from speaker_app.registry import build_model
 from tests.conftest import example_rows, voiced
 
 EXAMPLES = Path(app.EXAMPLES)

@@ -9,7 +9,8 @@ import torch
 
 from speaker_app.batching import Batcher
 from speaker_app.inference import CHUNK_FRAMES, EXPLAIN_FRAMES, infer, infer_explained, windows
-from speaker_app.model import ModelConfig, build_model
+from speaker_app.model import ModelConfig
+from speaker_app.registry import build_model
 from tests.helpers import run_together
 
 

@@ -7,8 +7,9 @@ import torch
 
 from speaker_app.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from speaker_app.features import FeatureConfig
-from speaker_app.model import ModelConfig, build_model
+from speaker_app.model import ModelConfig
 from speaker_app.recognizer import Recognizer
+from speaker_app.registry import build_model
 from training import calibrate
 from training.calibrate import OpenSet, choose_identification_threshold, fit_slope, fit_temperature, open_set_rates
 

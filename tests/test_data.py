@@ -289,7 +289,8 @@ def test_training_refuses_features_that_are_no_log_mels(tmp_path, value, message
 
 def test_init_copies_weights_and_the_classifier_rows_of_known_speakers_by_name():
     from speaker_app.checkpoint import Checkpoint
-    from speaker_app.model import ModelConfig, build_model
+    from speaker_app.model import ModelConfig
+    from speaker_app.registry import build_model
     from training.train import initialise_from
 
     config = ModelConfig(d_model=16, n_heads=2, n_layers=1, ff_dim=32, emb_dim=8, frontend_channels=4)

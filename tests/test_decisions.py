@@ -9,8 +9,9 @@ import torch.nn.functional as F
 from speaker_app.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from speaker_app.decisions import MAX_PROBABILITY, Decisions
 from speaker_app.features import FeatureConfig
-from speaker_app.model import ModelConfig, build_model
+from speaker_app.model import ModelConfig
 from speaker_app.recognizer import Recognizer
+from speaker_app.registry import build_model
 from speaker_app.scoring import Scorer
 from speaker_app.speech import SpeechCheck
 
@@ -107,7 +108,7 @@ def test_enrolled_speakers_clips_normalise_the_other_speakers_scores(tmp_path):
     bob = F.normalize(axis(4) + 0.2 * axis(5), dim=-1)
     recognizer.gallery.add("bob", bob, 1)  # enrolled before clips were kept: its voiceprint is its one clip
     embedding = F.normalize(axis(0) + 0.3 * axis(4), dim=-1)
-    names, scores, _, _ = recognizer.scores(embedding)
+    names, scores = recognizer.scores(embedding)[:2]
     scores = dict(zip(names, scores.tolist()))
     enrolled = recognizer.gallery.enrolled()
     candidates = torch.cat([torch.eye(6)[:3], enrolled.embeddings])

@@ -20,9 +20,10 @@ import app
 from speaker_app.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from speaker_app.features import FeatureConfig, features_from_file
 from speaker_app.inference import infer
-from speaker_app.model import ModelConfig, build_model
+from speaker_app.model import ModelConfig
 from speaker_app.onnx_model import OnnxCheckpoint
 from speaker_app.recognizer import Recognizer
+from speaker_app.registry import build_model
 from tests.conftest import EXAMPLES
 from tests import helpers
 from tests.helpers import start_app, stop_app

@@ -13,7 +13,8 @@ import torch
 from speaker_app.checkpoint import load_checkpoint
 from speaker_app.features import FeatureConfig
 from speaker_app.inference import infer
-from speaker_app.model import ModelConfig, build_model
+from speaker_app.model import ModelConfig
+from speaker_app.registry import build_model
 from training.augment import AugmentConfig, Augmenter
 from training.config import TrainConfig
 from training.data import FeatureBank, crop_batches, read_labelled, read_speakers

@@ -7,10 +7,11 @@ import torch
 
 from speaker_app.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from speaker_app.features import FeatureConfig
-from speaker_app.model import ModelConfig, build_model
+from speaker_app.model import ModelConfig
 from speaker_app.recognizer import Recognizer
+from speaker_app.registry import build_model
 from training import new_voices
-from training.calibrate import audio_clips, read_speaker_list
+from training.dev_clips import audio_clips, read_speaker_list
 
 KNOWN = ["vcc2016/SF1", "vcc2016/SM1"]
 UNSEEN = ["emodb/03", "emodb/08", "fsdd/george", "fsdd/jackson", "fsdd/lucas"]

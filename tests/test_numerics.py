@@ -5,7 +5,8 @@ import copy
 import torch
 
 from speaker_app.features import FeatureConfig
-from speaker_app.model import AttentiveStatsPooling, ModelConfig, build_model
+from speaker_app.model import AttentiveStatsPooling, ModelConfig
+from speaker_app.registry import build_model
 from training.augment import AugmentConfig, Augmenter
 from training.config import TrainConfig
 from training.loop import make_optimizer, make_schedule, train_step

@@ -8,8 +8,9 @@ import torch
 from speaker_app.checkpoint import Checkpoint
 from speaker_app.features import FeatureConfig
 from speaker_app.gallery import sanitise_name
-from speaker_app.model import ModelConfig, build_model
+from speaker_app.model import ModelConfig
 from speaker_app.recognizer import MAP_CELLS, InputError, Recognizer, shrink_map
+from speaker_app.registry import build_model
 from tests.conftest import speechlike_features, voiced
 
 SPEAKERS = ["a/one", "a/two", "b/three"]

@@ -14,8 +14,9 @@ from speaker_app.checkpoint import Checkpoint, CheckpointError, load_checkpoint,
 from speaker_app.features import FeatureConfig
 from speaker_app.files import atomic_write, previous_path
 from speaker_app.gallery import Gallery
-from speaker_app.model import ModelConfig, build_model
+from speaker_app.model import ModelConfig
 from speaker_app.recognizer import InputError, Recognizer
+from speaker_app.registry import build_model
 from training.data import DataError, load_features
 
 from tests.helpers import TINY, tiny

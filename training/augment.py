@@ -36,11 +36,11 @@ class AugmentConfig:
     time_masks: int = 2
     time_width: int = 20  # frames, at most
     # chance that a crop is cut to a length drawn evenly from [short_frames, its own]. Off: on the 31 speakers'
-    # full recipe it lowered EER and minDCF but not top-1 errors (bench/RESULTS.md)
+    # full recipe it lowered EER and minDCF but not top-1 errors (bench/notes/2026-12-03-full-recipe-what-else.md)
     short_prob: float = 0.0
     short_frames: int = 30
     # reverberation and babble: off. On the default recipe (two runs) they lowered new voices' mean top-1 on both
-    # halves of the development speakers (bench/RESULTS.md, "Reverberation and babble in training")
+    # halves of the development speakers (bench/notes/2026-12-06-reverberation-and-babble.md)
     reverb_prob: float = 0.0
     rt60_s: tuple[float, float] = (0.2, 0.8)  # reverberation time: 60 dB of decay
     drr_db: tuple[float, float] = (0.0, 12.0)  # direct-to-reverberant power ratio

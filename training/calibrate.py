@@ -38,7 +38,6 @@ import argparse
 import datetime
 import json
 import math
-import random
 import shlex
 import sys
 from collections import defaultdict
@@ -47,108 +46,17 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from speaker_app.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
-from speaker_app.features import AudioError, features_from_file
-from speaker_app.inference import infer
 from speaker_app.scoring import DEFAULT_TOP_K, Scorer, centroid, equal_error_rate, min_dcf
-from speaker_app.speech import check_speech
 
-from .data import DataError, load_features, read_speakers, read_test
-from .prepare import find_clips
+from . import gallery_calibration
+from .dev_clips import Clips, audio_clips, embed_clips, known_clips, read_speaker_list, source_of
 
-MAX_UNSEEN_NAMED, MIN_KNOWN_CORRECT = 0.10, 0.95  # issue 15's goals
+MAX_UNSEEN_NAMED = 0.10  # with nobody enrolled (issue 15's goal)
+MAX_STRANGERS_NAMED, MIN_KNOWN_CORRECT = 0.02, 0.97  # with galleries: strangers' clips named, known clips named right
 MAX_CLIPS = 20  # per unseen speaker: many speakers matter more than many clips of one
 MAX_PAIR_CLIPS = 4000  # clip-vs-clip trials grow with the square
-
-
-# -- data ----------------------------------------------------------------------------------------
-class Clips(NamedTuple):
-    """Labelled clips and what the model makes of them."""
-    speakers: list[str]  # (N,) speaker of each clip
-    keys: list[str]  # (N,) path of each clip
-    embeddings: torch.Tensor  # (N, E) unit embeddings
-    speech: torch.Tensor  # (N,) bool: passed the speech check
-
-
-def source_of(speaker: str) -> str:
-    return speaker.split("/")[0] if "/" in speaker else ""
-
-
-def read_speaker_list(path: Path, split: str | None = None) -> list[str]:
-    """Speaker folders from a list file: `SPEAKER` or `SPLIT SPEAKER` lines (bench/dev_speakers.txt);
-    with `split`, only that split's speakers."""
-    speakers = []
-    for line in Path(path).read_text().splitlines():
-        fields = line.split()
-        if not fields or line.startswith("#"):
-            continue
-        if split is None or (len(fields) == 2 and fields[0] == split):
-            speakers.append(fields[-1])
-    if not speakers:
-        raise SystemExit(f"error: {path} lists no speakers" + (f" in split {split!r}" if split else ""))
-    return speakers
-
-
-def audio_clips(root: Path, speakers: list[str] | None = None, include=(), exclude=(), max_clips: int | None = None,
-                seed: int = 0) -> list[tuple[str, str]]:
-    """[(speaker, clip path relative to root)] of the chosen speaker folders, at most max_clips each (seeded)."""
-    include = list(include) + list(speakers or [])
-    found = find_clips(root, include, exclude)
-    if speakers:
-        missing = sorted(set(speakers) - set(found))
-        if missing:
-            print(f"warning: {len(missing)} listed speakers have no clips under {root}, e.g. {missing[0]}",
-                  file=sys.stderr)
-    rows = []
-    for speaker, clips in found.items():
-        if max_clips and len(clips) > max_clips:
-            clips = sorted(random.Random(f"{seed}/{speaker}").sample(clips, max_clips))
-        rows += [(speaker, clip) for clip in clips]
-    return rows
-
-
-def embed_clips(checkpoint: Checkpoint, model, rows: list[tuple[str, str]], root: Path, device="cpu",
-                progress: bool = True, what: str = "clips") -> Clips:
-    """Features, speech check and embeddings of audio clips [(speaker, path under root)]; undecodable ones skipped."""
-    kept, features = [], []
-    for speaker, clip in tqdm(rows, desc=f"features of {what}", unit="clip", disable=not progress, leave=False):
-        try:
-            features.append(features_from_file(root / clip, checkpoint.feature_config))
-        except AudioError as error:
-            print(f"skipped {clip}: {error}", file=sys.stderr)
-            continue
-        kept.append((speaker, clip))
-    return _embed(model, kept, features, device)
-
-
-def _embed(model, rows, features, device) -> Clips:
-    if not rows:
-        raise SystemExit("error: no usable clips")
-    speech = torch.tensor([check_speech(f).speech for f in features])
-    embeddings = infer(model.to(device), features, device=device).embeddings
-    return Clips([s for s, _ in rows], [k for _, k in rows], embeddings, speech)
-
-
-def known_clips(checkpoint: Checkpoint, model, known_data: Path | None, speech_dir: Path, device="cpu",
-                progress: bool = True) -> Clips:
-    """Held-out clips of the model's own speakers: --known-data's labelled test split, else the
-    checkpoint's recorded held-out clips (paths relative to the speech folder)."""
-    if known_data is not None:
-        try:
-            speakers = read_speakers(known_data)
-            items = [u for u in read_test(known_data, speakers) if u.speaker >= 0]
-            features = [load_features(known_data / u.path, checkpoint.feature_config.n_mels) for u in items]
-        except DataError as error:
-            raise SystemExit(f"error: {error}")
-        rows = [(speakers[u.speaker], u.path) for u in items]
-        return _embed(model, rows, features, device)
-    held_out = checkpoint.info.get("training_data", {}).get("held_out_clips")
-    if not held_out:
-        raise SystemExit("error: the checkpoint records no held-out clips; give --known-data PREPARED_DIR")
-    rows = [(clip.rsplit("/", 1)[0], clip) for clip in held_out]
-    return embed_clips(checkpoint, model, rows, speech_dir, device, progress, "known held-out clips")
 
 
 # -- identification ------------------------------------------------------------------------------
@@ -293,28 +201,64 @@ def speakers_and_sources(*sets: Clips) -> dict:
     return {"speakers": len(speakers), "sources": sorted({source_of(s) for s in speakers})}
 
 
-def calibrate(checkpoint: Checkpoint, known: Clips, unseen: Clips, scorer: Scorer,
-              max_unseen_named: float = MAX_UNSEEN_NAMED, min_known_correct: float = MIN_KNOWN_CORRECT,
-              dev: str = "", command: str = "") -> dict:
-    """The calibration record (info["calibration"]) for these known and unseen clips."""
-    overlap = sorted(set(unseen.speakers) & set(checkpoint.speakers))
-    if overlap:
-        raise SystemExit(f"error: {len(overlap)} 'unseen' speakers are the model's own, e.g. {overlap[0]}")
-    model = checkpoint.build_model()
-    prototypes = F.normalize(model.head.weight.detach(), dim=-1)
-    trials = open_set_trials(scorer, prototypes, checkpoint.speakers, known, unseen)
+def gallery_identification(trials: OpenSet, prototypes: torch.Tensor, scorer: Scorer, known: Clips, unseen: Clips,
+                           max_strangers_named: float, min_known_correct: float) -> tuple[dict, torch.Tensor, torch.Tensor]:
+    """The identification record of the gallery-calibrated rule (training.gallery_calibration), and the
+    margins (best score minus its threshold) and labels (1: a clip of a speaker in the gallery, named
+    correctly; 0: a stranger's) that P(known) is fitted on."""
+    answers = gallery_calibration.simulate(scorer, prototypes, known, trials.known_labels, unseen)
+    choice, tried = gallery_calibration.choose(answers, max_strangers_named, min_known_correct)
+    rates = gallery_calibration.measured(answers, choice)
+    plain = max((t for t in tried if not t["choice"].per_log_test_seconds and not t["choice"].per_log_enroll_seconds),
+                key=lambda t: t["enrolled_correct"])
+    sizes = sorted({int(n) for n in answers.gallery.tolist()})
+    terms = (f"; it moves by {choice.per_log_test_seconds:+.2f} per unit of log(clip seconds / 3) and "
+             f"{choice.per_log_enroll_seconds:+.2f} per unit of log(enrollment seconds / 15)"
+             if choice.per_log_test_seconds or choice.per_log_enroll_seconds else "")
+    rule = (f"two thresholds, set with 1 to {sizes[-1]} unseen speakers enrolled: the model's speakers' names at least "
+            f"{min_known_correct:.0%} of their validation clips correctly, the enrolled speakers' (the lowest that "
+            f"names at most {max_strangers_named:.0%} of strangers' clips) names the most enrolled speakers' clips "
+            f"correctly among {len(tried)} rules{terms}")
+    unseen_info = speakers_and_sources(unseen)
+    record = {
+        "threshold": choice.threshold, "known_threshold": choice.known_threshold,
+        "per_log_test_seconds": choice.per_log_test_seconds,
+        "per_log_enroll_seconds": choice.per_log_enroll_seconds, "rule": rule,
+        "method": (f"{rule}; measured on galleries of {', '.join(map(str, sizes))} of {unseen_info['speakers']} unseen "
+                   f"speakers ({', '.join(unseen_info['sources'])}) enrolled from 1, 3 or 5 clips or one "
+                   f"recording, with the other half of them as strangers, {DRAWS_TEXT}: "
+                   f"{rates['enrolled_correct']:.1%} of enrolled speakers' clips named correctly, "
+                   f"{rates['enrolled_wrong']:.1%} wrongly, {rates['strangers_named']:.1%} of strangers' clips named, "
+                   f"{rates['known_correct']:.1%} of the known speakers' clips named correctly"),
+        "goals": {"max_strangers_named": max_strangers_named, "min_known_correct": min_known_correct},
+        "measured": rates, "plain_threshold": {"threshold": plain["choice"].threshold,
+                                               **{k: v for k, v in plain.items() if k != "choice"}},
+        "by": gallery_calibration.by_group(answers, choice),
+        "trials": {"answers": len(answers.best), "galleries": len(set(zip(answers.gallery.tolist(), answers.enrollment))),
+                   "known_clips": len(known.speakers), "unseen_clips": len(unseen.speakers)},
+        "unseen": unseen_info, "known": speakers_and_sources(known),
+    }
+    thresholds = torch.where(answers.enrolled, choice.threshold + choice.per_log_test_seconds * answers.log_test
+                             + choice.per_log_enroll_seconds * answers.log_enroll, torch.tensor(choice.known_threshold))
+    fitted = (answers.kind == gallery_calibration.STRANGER) | answers.correct
+    return record, (answers.best - thresholds)[fitted], (answers.kind != gallery_calibration.STRANGER)[fitted], \
+        gallery_calibration.enrollment_seconds_advice(answers, choice)
+
+
+DRAWS_TEXT = f"{gallery_calibration.DRAWS} galleries drawn per size and enrollment"
+
+
+def plain_identification(trials: OpenSet, known: Clips, unseen: Clips, max_unseen_named: float,
+                         min_known_correct: float) -> tuple[dict, torch.Tensor, torch.Tensor]:
+    """One threshold on the best score, with nobody enrolled (the rule before galleries; for unseen sets that
+    cannot make one), its record, and the margins and labels P(known) is fitted on."""
     threshold, rule = choose_identification_threshold(trials, max_unseen_named, min_known_correct)
     measured = open_set_rates(trials, threshold)
     speech_known, speech_unseen = known.speech, unseen.speech
-    detection_scores = torch.cat([trials.known_own[speech_known], trials.unseen_best[speech_unseen]])
-    detection_same = torch.cat([torch.ones(int(speech_known.sum()), dtype=torch.bool),
-                                torch.zeros(int(speech_unseen.sum()), dtype=torch.bool)])
-    id_eer, _ = equal_error_rate(detection_scores, detection_same)
-    id_dcf, _ = min_dcf(detection_scores, detection_same)
     unseen_info, known_info = speakers_and_sources(unseen), speakers_and_sources(known)
     trials_info = {"known_clips": len(known.speakers), "unseen_clips": len(unseen.speakers),
                    "not_speech": {"known": int((~speech_known).sum()), "unseen": int((~speech_unseen).sum())}}
-    identification = {
+    record = {
         "threshold": threshold, "rule": rule,
         "method": (f"{rule}; measured on {len(unseen.speakers)} clips of {unseen_info['speakers']} unseen speakers "
                    f"({', '.join(unseen_info['sources'])}) and {len(known.speakers)} held-out clips of the "
@@ -323,8 +267,51 @@ def calibrate(checkpoint: Checkpoint, known: Clips, unseen: Clips, scorer: Score
         "goals": {"max_unseen_named": max_unseen_named, "min_known_correct": min_known_correct},
         "measured": measured, "per_source": per_source_rates(trials, threshold, known, unseen),
         "trials": trials_info, "unseen": unseen_info, "known": known_info,
-        "eer": id_eer, "min_dcf": id_dcf,  # own-prototype score of known clips vs best score of unseen clips
     }
+    margins = torch.cat([trials.known_best[speech_known], trials.unseen_best[speech_unseen]]) - threshold
+    labels = torch.cat([torch.ones(int(speech_known.sum()), dtype=torch.bool),
+                        torch.zeros(int(speech_unseen.sum()), dtype=torch.bool)])
+    return record, margins, labels
+
+
+def can_make_galleries(unseen: Clips) -> bool:
+    """Two or more unseen speakers of one source with a clip to enroll and one to test."""
+    counts = defaultdict(int)
+    for speaker in unseen.speakers:
+        counts[speaker] += 1
+    by_source = defaultdict(int)
+    for speaker, n in counts.items():
+        by_source[source_of(speaker)] += n >= 2
+    return any(n >= 2 for n in by_source.values())
+
+
+def calibrate(checkpoint: Checkpoint, known: Clips, unseen: Clips, scorer: Scorer,
+              max_unseen_named: float = MAX_UNSEEN_NAMED, min_known_correct: float = MIN_KNOWN_CORRECT,
+              dev: str = "", command: str = "", max_strangers_named: float = MAX_STRANGERS_NAMED,
+              galleries: bool = True) -> dict:
+    """The calibration record (info["calibration"]) for these known and unseen clips: identification calibrated
+    with galleries of unseen speakers enrolled when they can make them (else with nobody enrolled), verification,
+    probabilities and the Enroll tab's advice."""
+    overlap = sorted(set(unseen.speakers) & set(checkpoint.speakers))
+    if overlap:
+        raise SystemExit(f"error: {len(overlap)} 'unseen' speakers are the model's own, e.g. {overlap[0]}")
+    model = checkpoint.build_model()
+    prototypes = F.normalize(model.head.weight.detach(), dim=-1)
+    trials = open_set_trials(scorer, prototypes, checkpoint.speakers, known, unseen)
+    enrollment = {}
+    if galleries and can_make_galleries(unseen):
+        identification, margins, labels, enrollment = gallery_identification(
+            trials, prototypes, scorer, known, unseen, max_strangers_named, min_known_correct)
+    else:
+        identification, margins, labels = plain_identification(trials, known, unseen, max_unseen_named,
+                                                               min_known_correct)
+    speech_known, speech_unseen = known.speech, unseen.speech
+    detection_scores = torch.cat([trials.known_own[speech_known], trials.unseen_best[speech_unseen]])
+    detection_same = torch.cat([torch.ones(int(speech_known.sum()), dtype=torch.bool),
+                                torch.zeros(int(speech_unseen.sum()), dtype=torch.bool)])
+    identification["eer"], _ = equal_error_rate(detection_scores, detection_same)
+    identification["min_dcf"], _ = min_dcf(detection_scores, detection_same)  # own prototype vs unseen best
+    unseen_info = speakers_and_sources(unseen)
     pair_scores, pair_same = pair_trials(scorer, unseen)
     if pair_same.all() or not pair_same.any():
         raise SystemExit("error: clip-vs-clip trials need two or more unseen speakers, some with two or more clips")
@@ -339,23 +326,21 @@ def calibrate(checkpoint: Checkpoint, known: Clips, unseen: Clips, scorer: Score
         "eer": v_eer, "min_dcf": v_dcf,
         "trials": {"pairs": len(pair_scores), "same": int(pair_same.sum())}, "unseen": unseen_info,
     }
-    keep_known, keep_unseen = speech_known, speech_unseen
-    margins = torch.cat([trials.known_best[keep_known], trials.unseen_best[keep_unseen]]) - threshold
-    labels = torch.cat([torch.ones(int(keep_known.sum()), dtype=torch.bool),
-                        torch.zeros(int(keep_unseen.sum()), dtype=torch.bool)])
     slope = fit_slope(margins, labels)
+    keep_known = speech_known
     temperature = fit_temperature(trials.known_scores[keep_known], trials.known_labels[keep_known])
     probability = {
         "slope": slope, "temperature": temperature,
         "method": (f"fitted on held-out trials: P(known) slope by class-balanced logistic regression on the best "
-                   f"scores of {int(keep_known.sum())} known and {int(keep_unseen.sum())} unseen clips, centred at "
-                   f"the identification threshold; temperature by the known clips' log-likelihood"),
+                   f"score's distance to its threshold of {int(labels.sum())} clips of speakers compared with and "
+                   f"{int((~labels).sum())} of others; temperature by the known clips' log-likelihood"),
     }
+    enrollment.update(gallery_calibration.disagreement_advice(scorer, unseen))
     score = {"kind": scorer.kind, "describe": scorer.describe()}
     if scorer.cohort is not None:
         score.update(top_k=scorer.top_k, cohort_size=len(scorer.cohort))
     return {"score": score, "identification": identification, "verification": verification,
-            "probability": probability, "dev": dev,
+            "probability": probability, "enrollment": enrollment, "dev": dev,
             "made": {"command": command,
                      "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}}
 

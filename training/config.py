@@ -23,7 +23,7 @@ class TrainConfig:
     steps: int = 4000
     batch_size: int = 64  # global: split across ranks under torchrun
     # random crop length: 1.2 s. The full recipe on the 31 speakers (then with lr 2e-3, best.pt picked on a tenth
-    # held out): held-out top-1 99.35 / 98.86 / 98.37 % (seeds 0-2) against 97.7 % with 200 frames and 98.5 / 97.6 % with 80 (bench/RESULTS.md). Most of their clips are 2 s or
+    # held out): held-out top-1 99.35 / 98.86 / 98.37 % (seeds 0-2) against 97.7 % with 200 frames and 98.5 / 97.6 % with 80 (bench/notes/2026-12-03-crop-length.md). Most of their clips are 2 s or
     # shorter: a 2-s crop shows such a clip whole at every draw, a shorter one a different part each time.
     segment_frames: int = 120
     # how to draw clips: a speaker is drawn in proportion to (its clips)^(1 - balance_speakers), so
@@ -34,7 +34,7 @@ class TrainConfig:
     source_shares: dict[str, float] = field(default_factory=dict)
     # lr 4e-3 and no validation split (best.pt is the last step): the 31 speakers' full recipe makes 6.5 errors on
     # its 612 held-out clips over 10 seeds on a GPU, against 10.2 over 6 with lr 2e-3 and a tenth held out to pick
-    # best.pt; 6 and 5 on the CPU (bench/RESULTS.md). Give a run a validation split (`--set valid_fraction=0.1`) to follow it as it trains.
+    # best.pt; 6 and 5 on the CPU (bench/notes/2026-12-04-learning-rate-and-validation-split.md). Give a run a validation split (`--set valid_fraction=0.1`) to follow it as it trains.
     lr: float = 4e-3
     weight_decay: float = 0.05
     warmup_steps: int = 300

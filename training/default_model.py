@@ -32,18 +32,18 @@ trains twice as fast on a 2-core CPU (WORK/data is what step 1 prepares):
 `--no-fine-tune` skips the fine-tuning of step 3 and writes its own calibrated-no-fine-tune.pt
 and report-no-fine-tune.json beside the others, for comparing the two. `--wise-ft A` keeps only
 the share A of the fine-tuning's weight change (WiSE-FT, Wortsman et al. 2022: the weights
-interpolated between the two trainings; measured not to help, bench/RESULTS.md) and writes
+interpolated between the two trainings; measured not to help, bench/notes/2026-12-04-wise-ft.md) and writes
 calibrated-wise-ft-A.pt and so on. `--seed` trains both steps with another seed (which also
 draws another validation split: give it a --work of its own).
 
 The model embeds clips longer than its training crop in half-overlapping windows of that crop
-(`ModelConfig.window_frames`, set in step 3; bench/RESULTS.md, "Embedding clips in windows").
+(`ModelConfig.window_frames`, set in step 3; bench/notes/2026-12-06-embedding-windows.md).
 `--recalibrate CKPT` skips the trainings for a default model this command wrote earlier: its
 weights and classes are kept; its windows and cohort (the end of step 3), decisions (4) and
 evaluation (5) are made again (calibrated-recalibrated.pt and report-recalibrated.json in --work).
 
-The shipped model is an ensemble of two such models (`training.ensemble`; bench/RESULTS.md,
-"Ensembles"), the second trained at lr 3e-3, made and calibrated as one:
+The shipped model is an ensemble of two such models (`training.ensemble`;
+bench/notes/2026-12-06-ensembles.md), the second trained at lr 3e-3, made and calibrated as one:
 
     python -m training.default_model --corpus CORPUS --work WORK_A --out A.pt
     python -m training.default_model --corpus CORPUS --work WORK_B --out B.pt --set lr=0.003

@@ -37,7 +37,7 @@ from speaker_app.recognizer import Recognizer
 from speaker_app.scoring import Scorer, centroid
 from speaker_app.speech import check_speech
 
-from .calibrate import source_of
+from .dev_clips import source_of
 from .evaluate import enrollment, enrollment_trials
 
 ENROLL = 5
@@ -145,8 +145,9 @@ def paired_top1(clips: list[Clip], ours: torch.Tensor, peer: torch.Tensor, score
 # -- 2. open set ---------------------------------------------------------------------------------
 def answers(recognizer: Recognizer, embedded: Embedded) -> list:
     """The app's Identification of each clip."""
-    return [recognizer.decide(embedded.embeddings[i], embedded.logits[i], 0.0, [], 5, check_speech(f))
-            for i, f in enumerate(embedded.features)]
+    frame_seconds = recognizer.features_config.frame_seconds
+    return [recognizer.decide(embedded.embeddings[i], embedded.logits[i], len(f) * frame_seconds, [], 5,
+                              check_speech(f)) for i, f in enumerate(embedded.features)]
 
 
 def rate_by_source(speakers: list[str], hits: list[bool]) -> dict[str, tuple[float, int]]:

@@ -44,7 +44,8 @@ from speaker_app.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from speaker_app.configs import from_dict
 from speaker_app.ecapa import ecapa_config
 from speaker_app.features import FeatureConfig
-from speaker_app.model import ModelConfig, build_model
+from speaker_app.model import ModelConfig
+from speaker_app.registry import build_model
 
 from .augment import Augmenter
 from .config import TrainConfig, override, read_config_file
