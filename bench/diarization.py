@@ -399,9 +399,23 @@ def describe_data(convs: list[dict], split: str) -> str:
             f"{percent(overlap_share(convs))} of speech time overlapped")
 
 
+def summary(convs_test, systems, enrolled, long) -> str:
+    """The scoreboard's lines: DER of both systems, the count, the enrolled naming, speed and memory."""
+    ours, peer = systems["ours"][0], systems[PEER][0]
+    text = (f"{len(convs_test)} conversations, DER ±0.25 s {percent(ours.der())} (Resemblyzer {percent(peer.der())}), "
+            f"count exact {percent(ours.exact_count())} ({percent(peer.exact_count())})")
+    if enrolled:
+        text += f", enrolled speech named right {percent(enrolled['speech named right'])}"
+    if long:
+        text += f"; {long['seconds'] / 60:.0f}-min file RTF {long['rtf']:.4f}, RSS {long['peak_mb']:.0f} MB"
+    return text + "."
+
+
 def report(args, convs_test, convs_cal, settings, peer_settings, systems, enrolled, long, conditions, ablations,
            wall) -> str:
-    lines = [common.header("Who speaks when: diarization of synthetic conversations (unseen speakers)", wall)]
+    title, header = common.header("Who speaks when (CPU)", wall).split("\n\n", 1)
+    lines = [f"{title}\n", f"`{common.command_line()}`: "
+             f"{summary(convs_test, systems, enrolled, long)}", common.MORE, header]
     lines.append(f"Data ({'see the recipe in training/conversations.py'}): {describe_data(convs_test, 'test')}. "
                  f"{describe_data(convs_cal, 'calibration')} (tuning only).\n")
     lines.append(f"Ours: `{args.checkpoint}`, settings {json.dumps(settings.to_dict())}. The peer's threshold: "
@@ -409,12 +423,12 @@ def report(args, convs_test, convs_cal, settings, peer_settings, systems, enroll
                  "collar=0.5) and 0 s, overlap scored; miss / false alarm / confusion at ±0.25 s; \"no overlap\": "
                  "DER at ±0.25 s with overlapped speech left out of scoring (the gap is what one voice per moment "
                  "costs). RTF: wall time / audio time of the whole pipeline on each file (torch threads "
-                 f"{torch.get_num_threads()}, the app's setting).\n")
+                 f"{torch.get_num_threads()}, the app's setting); the pass over the audio (VAD, features, "
+                 f"embeddings) was timed when it was first run and cached in `{args.cache}`, see the load average.\n")
     lines.append(common.table(["system", "DER ±0.25 s", "DER 0 s", "missed", "false alarm", "confusion",
                                "DER without overlap", "count exact", "mean count error", "RTF"], main_rows(systems)))
     ours, peer = systems["ours"][0].der(), systems[PEER][0].der()
-    lines.append(f"\nOurs / peer DER at ±0.25 s: {ours / peer:.2f}. RTF was measured while another job (a "
-                 "training run) shared the 2 cores: see the load average above.")
+    lines.append(f"\nOurs / peer DER at ±0.25 s: {ours / peer:.2f}.")
     if enrolled:
         lines.append(f"\nWith each conversation's speakers enrolled (5 clips each, none of them in the conversation): "
                      f"{percent(enrolled['speech named right'])} of reference speech time attributed to the right "
@@ -463,6 +477,9 @@ def main(argv=None) -> int:
 
         settings, _ = stored_settings(recognizer.fingerprint)
         ablations = json.loads(ablations_file.read_text()) if ablations_file.is_file() else []
+        if ablations:  # they were measured by the last --calibrate run, not by this one
+            ablations = [f"From the last `--calibrate` run ({ablations_file}), which chose the settings above.\n",
+                         *ablations]
     peer_gathered, _ = gather_all(convs_cal, "peer", settings, recognizer, args.cache)
     peer_settings = replace(settings, threshold=best_threshold(convs_cal, peer_gathered, settings)[0])
     ours_scores, rtf, ours_found = run_ours(convs_test, recognizer, settings, args.cache)
