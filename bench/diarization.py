@@ -407,7 +407,7 @@ def summary(convs_test, systems, enrolled, long) -> str:
     if enrolled:
         text += f", enrolled speech named right {percent(enrolled['speech named right'])}"
     if long:
-        text += f"; {long['seconds'] / 60:.0f}-min file RTF {long['rtf']:.4f}, RSS {long['peak_mb']:.0f} MB"
+        text += f"; {long['seconds'] / 60:.0f}-min file RTF {long['rtf']:.4f}, RSS {long['peak_mb']:.0f} MiB"
     return text + "."
 
 
@@ -439,7 +439,7 @@ def report(args, convs_test, convs_cal, settings, peer_settings, systems, enroll
     if long:
         lines.append(f"\nOne file of {long['seconds'] / 60:.1f} min (test conversations joined), by "
                      f"`python -m speaker_app.diarize` in a subprocess: {long['wall']:.1f} s wall, RTF "
-                     f"{long['rtf']:.4f}, peak RSS {long['peak_mb']:.0f} MB.")
+                     f"{long['rtf']:.4f}, peak RSS {long['peak_mb']:.0f} MiB.")
     lines += conditions
     if ablations:
         lines.append("\n### Ablations on the calibration conversations (DER at ±0.25 s)\n")
