@@ -16,14 +16,16 @@ A chain of small steps, each swappable (bench/diarization.py measures each again
 6. naming: each speaker's unit mean embedding and mean logits go through `Recognizer.decide`, the rule of
    Identify, with its seconds of speech; a speaker below the threshold is "unknown 1", "unknown 2", ...
 
-Memory stays flat on long files: only one block of audio and its features are held at a time; what
-grows is one embedding per window (an hour: ~5,000 x E floats). One voice per moment: overlapped speech is
+Memory stays flat on long files: only one block of audio and its features are held at a time, and
+what the block freed is handed back (release_freed_memory); what grows is one embedding per window (an hour:
+~6,000 x E floats) and, at the end, the clustering's pairwise distances (an hour: ~150 MB). One voice per moment: overlapped speech is
 labelled with one of its speakers (its cost is measured in bench/RESULTS.md).
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import functools
 import json
 import math
@@ -206,10 +208,29 @@ def gather(blocks, embedder: Callable[[list[Piece]], Windows], settings: Diariza
         if keep_pieces:
             gathered.pieces += [piece._replace(wave=None) for piece in pieces]
         carry_start = gathered.seconds - len(carry) / SAMPLE_RATE
+        release_freed_memory()
         if progress:
             progress(gathered.seconds)
     gathered.regions = merge_touching(gathered.regions)
     return gathered
+
+
+@functools.cache
+def _malloc_trim():
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc: nothing to call
+        return None
+
+
+def release_freed_memory() -> None:
+    """Hand the heap's freed memory back to the system (glibc's malloc_trim). Each block's tensors differ in
+    size, and glibc keeps what they freed: an hour's pass grew from 0.6 to 1.15 GB resident without this, and
+    stayed near 0.67 GB with it; the command line's peak on 66 min fell from 1.45 to 1.02 GB, for about 10 %
+    more CPU time (page faults after each trim)."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def flagged_last(items):
