@@ -19,15 +19,20 @@ import base64
 import csv
 import functools
 import os
+import shutil
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import gradio as gr
 import torch
 from gradio.components.plot import PlotData
 
-from speaker_app import describe, heap, plots
+from speaker_app import describe, diarize, heap, plots
 from speaker_app.checkpoint import CheckpointError, load_checkpoint
+from speaker_app.clustering import Count
+from speaker_app.segments import csv_text, write_rttm
 from speaker_app.gallery import Gallery
 from speaker_app.recognizer import MAX_BATCH, Explanation, InputError, Recognizer, fingerprint
 
@@ -47,6 +52,9 @@ HEAP_TRIM_SECONDS = 1.0  # freed memory goes back to the system this often (spea
 # Gradio keeps every session until this many newer ones exist (~0.1 MB of its own each, plus the visitor's
 # explanation for 15 minutes, at most 0.6 MB, and a per-visitor gallery): memory stays bounded for a Space.
 SESSIONS = 2000
+# The "Who speaks when" tab diarizes at most this much of a recording (the command line, any length): at the
+# pipeline's speed on a Space's 2 vCPUs (bench/RESULTS.md) half an hour takes about a minute.
+MAX_DIARIZE_SECONDS = 1800.0
 PLAIN = dict(latex_delimiters=[])  # Markdown that shows names: `$$x^2$$` is a name, not a formula
 # Gradio's upload cache for `python app.py`, unless $GRADIO_TEMP_DIR says otherwise: a folder relative
 # to the working folder, so that upload replies and the page's config name no absolute server path.
@@ -108,6 +116,7 @@ class Handlers:
         self.uploads: set[str] = set()  # Gradio's set of uploaded files (build_demo links it)
         # The plots are drawn into kept figures and sent rendered (speaker_app.plots.Kept): about a third less time.
         self.kept_features, self.kept_attention = plots.Kept(plots.features_layout), plots.Kept(plots.attention_layout)
+        self.segment_files: Path | None = None  # where the diarization downloads are written
 
     def _for(self, visitor: Gallery | None, create: bool = False) -> Recognizer:
         """The recognizer with the gallery this request sees: the shared one, or the visitor's."""
@@ -231,6 +240,61 @@ class Handlers:
         removed = recognizer.forget(name)
         message = (f"Deleted **{describe.markdown_text(removed)}**." if removed
                    else f"**{describe.markdown_text(name)}** is not enrolled.")
+        return (message, *self.gallery(recognizer.gallery), *self._visitor(recognizer))
+
+    @user_errors
+    def diarize(self, audio: str | None, speakers: float | None = 0, visitor: Gallery | None = None,
+                progress=gr.Progress()):
+        """-> summary, timeline, segment rows, [RTTM, CSV], unknown speakers' menu, diarization (state)."""
+        if not audio:
+            raise InputError("upload or record a conversation first")
+        speakers = int(speakers or 0)
+        if speakers < 0:
+            raise InputError(f"the number of speakers must be 0 (estimate it) or more, got {speakers}")
+
+        def report(done: float, total: float):
+            progress(done / total if total else 1.0, desc=f"{done:.0f} of {total:.0f} s analysed")
+
+        recognizer = self._for(visitor)
+        result = diarize.diarize_file(audio, recognizer, count=Count(speakers or None), max_seconds=MAX_DIARIZE_SECONDS,
+                                      keep_clips=True, progress=report)
+        for note in result.notes:
+            gr.Warning(note)
+        stem = Path(audio).stem
+        rows = [[round(s.start, 2), round(s.end, 2), s.speaker, None if s.score != s.score else round(s.score, 3)]
+                for s in result.segments]
+        unknown = [s.name for s in result.speakers if not s.known]
+        return (describe.diarization(result), plots.timeline_figure(result.segments, result.duration), rows,
+                self.downloads(result, stem), gr.Dropdown(choices=unknown, value=unknown[0] if unknown else None),
+                result)
+
+    def downloads(self, result, stem: str) -> list[str]:
+        """The segments as RTTM and CSV files in a folder of their own. Gradio serves copies from its upload
+        cache (cleaned by DELETE_CACHE); these originals are deleted as old once they are as old."""
+        if self.segment_files is None:
+            self.segment_files = Path(tempfile.mkdtemp(prefix="speaker-app-segments-"))
+        for old in self.segment_files.iterdir():
+            if time.time() - old.stat().st_mtime > DELETE_CACHE[1]:
+                shutil.rmtree(old, ignore_errors=True)
+        folder = Path(tempfile.mkdtemp(dir=self.segment_files))
+        rttm = write_rttm(result.segments, stem, folder / f"{stem}.rttm")
+        table = folder / f"{stem}.csv"
+        table.write_text(csv_text(result.segments))
+        return [str(rttm), str(table)]
+
+    @user_errors
+    def enroll_found(self, result, speaker: str | None, name: str, visitor: Gallery | None = None):
+        """Enroll an unknown speaker of the last diarization from their longest segments (up to 5)."""
+        found = result.speaker(speaker) if result is not None and speaker else None
+        if found is None:
+            raise InputError("find who speaks when first, then choose one of the unknown speakers")
+        if not found.clips:
+            raise InputError(f"{speaker} has no segment long enough to enroll from")
+        recognizer = self._for(visitor, create=True)
+        stored = recognizer.enroll(name or "", found.clips)
+        message = (f"Enrolled **{describe.markdown_text(stored)}** from {len(found.clips)} segment"
+                   f"{'s' * (len(found.clips) > 1)} of {describe.markdown_text(speaker)} "
+                   f"({found.seconds:.0f} s of speech). Run again to see them named.")
         return (message, *self.gallery(recognizer.gallery), *self._visitor(recognizer))
 
     @user_errors
@@ -368,6 +432,38 @@ def verify_tab(handlers: Handlers):
                  concurrency_limit=MAX_BATCH)
 
 
+def diarize_tab(handlers: Handlers, visitor: list, gallery_outputs: list):
+    gr.Markdown("Who speaks when in a recording of several voices (a meeting, an interview, a call): each "
+                "voice is named as a known or enrolled speaker, by the rule of Identify, or called unknown 1, "
+                f"unknown 2, … The page takes the first {MAX_DIARIZE_SECONDS / 60:.0f} minutes of a recording; "
+                "`python -m speaker_app.diarize` takes any length. One voice at a time: where two overlap, "
+                "one of them is shown.")
+    with gr.Row():
+        with gr.Column(scale=2):
+            audio = gr.Audio(sources=["upload", "microphone"], type="filepath", elem_id="diarize-audio",
+                             label="Recording: upload a file (wav, flac, ogg, mp3) or record")
+            speakers = gr.Number(0, precision=0, minimum=0, label="Number of speakers (0: find out)")
+            button = gr.Button("Find who speaks when", variant="primary")
+        with gr.Column(scale=3):
+            summary = gr.Markdown(elem_id="diarize-summary", **PLAIN)
+            files = gr.File(label="Segments: RTTM and CSV", file_count="multiple", interactive=False,
+                            elem_id="diarize-files")
+    timeline = gr.Plot(label="Timeline", format="png", elem_id="diarize-timeline")
+    table = gr.Dataframe(headers=["start (s)", "end (s)", "speaker", "score"], interactive=False,
+                         label="Segments", elem_id="diarize-table")
+    with gr.Accordion("Enroll a speaker found here", open=False):
+        with gr.Row():
+            unknown = gr.Dropdown(label="Unknown speaker", choices=[], elem_id="diarize-unknown")
+            name = gr.Textbox(label="Name", max_lines=1, max_length=64, elem_id="diarize-name")
+            enroll = gr.Button("Enroll this speaker")
+        message = gr.Markdown(elem_id="diarize-message", **PLAIN)
+    result = gr.State(time_to_live=900)  # the speakers' longest segments' features: ~2 MB for 5 unknown voices
+    button.click(handlers.diarize, [audio, speakers, *visitor], [summary, timeline, table, files, unknown, result],
+                 api_name="diarize", concurrency_id=MODEL, concurrency_limit=2)
+    enroll.click(handlers.enroll_found, [result, unknown, name, *visitor], [message, *gallery_outputs, *visitor],
+                 api_name="enroll_found", concurrency_id=MODEL, concurrency_limit=MAX_BATCH)
+
+
 def model_tab(recognizer: Recognizer, checkpoint: str | Path):
     gr.Markdown(describe.model_summary(recognizer, shown_path(checkpoint)))
     card = Path(checkpoint).parent / "README.md"
@@ -398,6 +494,8 @@ def build_demo(recognizer: Recognizer, checkpoint: str | Path, per_visitor: bool
             refresh, gallery_outputs = enroll_tab(handlers, visitor)
         with gr.Tab("Verify"):
             verify_tab(handlers)
+        with gr.Tab("Who speaks when"):
+            diarize_tab(handlers, visitor, gallery_outputs)
         with gr.Tab("Model"):
             model_tab(recognizer, checkpoint)
         demo.load(refresh, inputs=visitor, outputs=gallery_outputs, api_visibility="private")

@@ -190,3 +190,20 @@ def model_summary(recognizer: Recognizer, path: str | Path) -> str:
     lines += [f"- **{source or 'speakers'}**: {', '.join(names)}"
               for source, names in speakers_by_source(recognizer.speakers).items()]
     return "\n".join(lines)
+
+
+def diarization(result) -> str:
+    """The summary of a Diarization: how many speakers, each one's speech and whether they were named."""
+    from .segments import clock
+
+    count = len(result.speakers)
+    lines = [f"**{count} speaker{'s' * (count != 1)}** in {clock(result.duration)} of audio, "
+             f"{len(result.segments)} segments:"]
+    for speaker in result.speakers:
+        answer = speaker.identification
+        best = answer.best or (answer.matches[0] if answer.matches else None)
+        how = (f"named: score {best.score:.3f}, threshold {answer.threshold:.3f}" if answer.best is not None
+               else f"not named: the nearest, {markdown_text(display_name(best))}, scores {best.score:.3f} "
+                    f"under the threshold {answer.threshold:.3f}" if best is not None else "not named")
+        lines.append(f"- {markdown_text(speaker.name)}: {speaker.seconds:.1f} s of speech ({how})")
+    return "\n".join(lines)

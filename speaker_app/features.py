@@ -79,6 +79,14 @@ def read_audio(path: str | Path, sample_rate: int, max_seconds: float | None = N
     Memory stays bounded by the output (16 kHz mono) whatever the file's own
     rate and channel count; `max_seconds` stops reading after that much audio.
     """
+    pieces = list(audio_blocks(path, sample_rate, max_seconds, block_seconds))
+    return np.concatenate(pieces).astype(np.float32, copy=False) if pieces else np.zeros(0, np.float32)
+
+
+def audio_blocks(path: str | Path, sample_rate: int, max_seconds: float | None = None,
+                 block_seconds: float = 10.0):
+    """Yield a file's audio as consecutive (N,) mono float32 blocks at `sample_rate`, about `block_seconds`
+    each (the resampler's delay makes them a little uneven), so that an hour never sits in memory at once."""
     path = Path(path)
     try:
         info = sf.info(str(path))
@@ -91,17 +99,15 @@ def read_audio(path: str | Path, sample_rate: int, max_seconds: float | None = N
     resampler = None
     if info.samplerate != sample_rate:
         resampler = soxr.ResampleStream(info.samplerate, sample_rate, 1, dtype="float32", quality="HQ")
-    pieces = []
     try:
         for chunk in sf.blocks(str(path), blocksize=block, frames=limit if limit else -1,
                                dtype="float32", always_2d=True):
             mono = chunk.mean(axis=1)  # sox `channels 1` averages the channels
-            pieces.append(resampler.resample_chunk(mono) if resampler else mono)
+            yield resampler.resample_chunk(mono) if resampler else mono
     except Exception as error:
         raise AudioError(f"cannot decode {path.name}: {decode_reason(error, path)}") from None
     if resampler:
-        pieces.append(resampler.resample_chunk(np.zeros(0, np.float32), last=True))
-    return np.concatenate(pieces).astype(np.float32, copy=False) if pieces else np.zeros(0, np.float32)
+        yield resampler.resample_chunk(np.zeros(0, np.float32), last=True)
 
 
 def decode_reason(error: Exception, path: Path) -> str:
@@ -221,6 +227,17 @@ def features_from_wave(wave: np.ndarray, config: FeatureConfig, name: str = "aud
     if len(speech) < config.n_fft // 2 + 1:  # reflect padding needs half a window
         raise AudioError(f"{name}: no speech found (silent, or under {config.silence_duration:g} s above the silence threshold)")
     return log_mel(speech, config)
+
+
+def aligned_features(wave: np.ndarray, config: FeatureConfig) -> torch.Tensor:
+    """One stretch of speech (mono float32 at config.sample_rate) -> (T, n_mels) features that keep its time:
+    frame t is centred on sample t * hop_length. `features_from_wave` without the silence removal, for
+    pipelines that need timing (diarization computes them on each speech region a voice activity detector
+    found); on speech the silence rule keeps whole, the two are the same."""
+    if len(wave) < config.n_fft // 2 + 1:  # reflect padding needs half a window
+        raise AudioError(f"a stretch of {len(wave)} samples is too short for features: at least "
+                         f"{config.n_fft // 2 + 1} are needed")
+    return log_mel(peak_normalise(wave, config.norm_db), config)
 
 
 def features_from_file(path: str | Path, config: FeatureConfig, max_seconds: float | None = None) -> torch.Tensor:

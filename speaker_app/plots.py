@@ -1,5 +1,6 @@
-"""Figures for the app: the log-mel features with the pooling weights under them, and one
-self-attention map. Times are seconds of the speech kept after silence removal.
+"""Figures for the app: the log-mel features with the pooling weights under them, one
+self-attention map (times are seconds of the speech kept after silence removal), and the
+diarization timeline (times are the recording's).
 
 Figures are built on matplotlib's object API with the Agg canvas, never through
 pyplot: pyplot keeps global state that is not thread-safe (the app draws from
@@ -139,3 +140,31 @@ class Kept:
             return png(draw(figure))
         finally:
             self.free.put(figure)
+
+
+def timeline_figure(segments, duration: float, title: str = "Who speaks when") -> Figure:
+    """Segments (start, end, speaker, ...) over `duration` seconds: one row per speaker, in order of first
+    appearance from the top, coloured bars where they speak, the time axis in m:ss."""
+    from matplotlib import colormaps
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+    speakers = list(dict.fromkeys(s.speaker for s in sorted(segments)))
+    figure = _figure(10, 1.2 + 0.45 * max(1, len(speakers)))
+    height = figure.get_figheight()
+    axes = figure.add_axes((0.17, 0.75 / height, 0.8, 1 - 1.2 / height))
+    for row, speaker in enumerate(speakers):
+        bars = [(s.start, s.end - s.start) for s in segments if s.speaker == speaker]
+        axes.broken_barh(bars, (row - 0.4, 0.8), facecolors=colormaps["tab10"](row % 10))
+    axes.set_yticks(range(len(speakers)), [_short(s) for s in speakers])
+    axes.set_ylim(len(speakers) - 0.5, -0.5)
+    axes.set_xlim(0, max(duration, 1e-3))
+    axes.xaxis.set_major_locator(MaxNLocator(nbins=10, steps=[1, 2, 3, 5, 6, 10]))
+    axes.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{int(x // 60)}:{int(x % 60):02d}"))
+    axes.set_xlabel("time (m:ss)")
+    axes.grid(axis="x", alpha=0.3)
+    axes.set_title(title)
+    return figure
+
+
+def _short(name: str, limit: int = 22) -> str:
+    return name if len(name) <= limit else name[: limit - 1] + "…"

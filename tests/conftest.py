@@ -43,6 +43,23 @@ def speech_dir() -> Path:
     return SPEECH
 
 
+@pytest.fixture(scope="session")
+def two_voices(speech_dir, tmp_path_factory):
+    """A conversation made at test time (training.conversations): two voices of one source, a woman's and a
+    man's read sentences, 40-50 s with pauses, a little overlap and white noise at 20 dB: (WAV path, the
+    reference segments)."""
+    import soundfile as sf
+
+    from training.conversations import Recipe, build
+
+    pool = {s: sorted((speech_dir / s).glob("*.flac")) for s in ("vcc2016/SF2", "vcc2016/SM1")}
+    made = build(pool, Recipe(speakers=(2, 2), seconds=(40.0, 50.0), noises=("white",), snr_db=(20.0,)), seed=0,
+                 index=0, root=speech_dir)
+    path = tmp_path_factory.mktemp("conversation") / "two voices.wav"
+    sf.write(path, made.wave, 16000, subtype="PCM_16")
+    return path, made.reference
+
+
 def voiced(seconds: float, rate: int = 16000, f0: float = 140.0, seed: int = 0) -> np.ndarray:
     """A buzzy harmonic tone with a little noise: loud enough to pass the silence threshold."""
     t = np.arange(int(seconds * rate)) / rate

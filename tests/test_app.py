@@ -326,7 +326,7 @@ def test_model_summary_reports_data_accuracy_and_calibration(untrained):
 def test_demo_exposes_the_api(untrained):
     demo = app.build_demo(untrained.recognizer, "tiny.pt")
     names = {fn.api_name for fn in demo.fns.values() if fn.api_visibility == "public"}
-    assert names == {"identify", "enroll", "forget", "verify"}
+    assert names == {"identify", "enroll", "forget", "verify", "diarize", "enroll_found"}
     assert isinstance(app.demo, gr.Blocks)
 
 
@@ -398,3 +398,35 @@ def test_examples_come_from_their_clips(speech_dir):
 def test_examples_are_held_out_from_training(trained):
     held_out = set(trained.info["training_data"]["held_out_clips"])  # written by training.default_model
     assert all(row["clip"] in held_out for row in example_rows())
+
+
+# -- Who speaks when ---------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_who_speaks_when_shows_two_rows_downloads_and_enrolls_a_voice_found(handlers, two_voices):
+    path, _ = two_voices
+    steps = []
+    summary, figure, rows, files, menu, result = handlers.diarize(str(path), 0, progress=lambda *a, **k: steps.append(a))
+    assert summary.startswith("**2 speakers** in 0:") and steps[-1][0] == pytest.approx(1.0)
+    labels = [tick.get_text() for tick in figure.axes[0].get_yticklabels()]
+    assert len(labels) == 2 and set(labels) == {row[2] for row in rows}  # one timeline row per speaker
+    assert [row[0] for row in rows] == sorted(row[0] for row in rows) and all(r[1] > r[0] for r in rows)
+    rttm, table = (Path(f) for f in files)
+    assert rttm.name == "two voices.rttm" and rttm.read_text().startswith("SPEAKER two_voices 1 ")
+    assert table.read_text().splitlines()[0] == "start,end,speaker,score" and len(table.read_text().splitlines()) == len(rows) + 1
+    found = result.speakers[0]
+    message, enrolled, _ = handlers.enroll_found(result, found.name, "Guest")
+    assert message.startswith("Enrolled **Guest** from ") and ["Guest"] == [row[0] for row in enrolled]
+    with pytest.raises(gr.Error, match="find who speaks when first"):
+        handlers.enroll_found(None, "unknown 1", "Guest 2")
+    with pytest.raises(gr.Error, match="upload or record a conversation first"):
+        handlers.diarize(None)
+
+
+@pytest.mark.slow
+def test_who_speaks_when_cuts_long_recordings_with_a_message(handlers, two_voices, monkeypatch):
+    warnings = []
+    monkeypatch.setattr(app, "MAX_DIARIZE_SECONDS", 15.0)
+    monkeypatch.setattr(gr, "Warning", warnings.append)
+    summary, *_ = handlers.diarize(str(two_voices[0]), 0, progress=lambda *a, **k: None)
+    assert "in 0:15.0 of audio" in summary
+    assert any("only its first 0:15.0 were diarized" in w for w in warnings)

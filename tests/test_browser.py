@@ -184,3 +184,25 @@ def test_names_show_as_plain_text_and_a_refusal_marks_only_its_message(browser, 
         sync_api.expect(page.locator("#enrolled-table")).not_to_contain_text("$$x^2$$")
     finally:
         context.close()
+
+
+# -- Who speaks when (issue 39) ----------------------------------------------------------------------
+def test_a_conversation_uploaded_to_who_speaks_when_gives_a_timeline_of_two_rows(page, two_voices):
+    path, _ = two_voices
+    page.get_by_role("tab", name="Who speaks when").click()
+    page.locator("#diarize-audio input[type=file]").set_input_files(str(path))
+    sync_api.expect(page.locator("#diarize-audio audio, #diarize-audio .waveform-container").first).to_be_attached(
+        timeout=60_000)  # uploaded
+    page.get_by_role("button", name="Find who speaks when").click()
+    summary = page.locator("#diarize-summary")
+    sync_api.expect(summary).to_contain_text("2 speakers", timeout=ANSWER_SECONDS * 1000)
+    sync_api.expect(summary.locator("li")).to_have_count(2)  # one line per timeline row
+    timeline = page.locator("#diarize-timeline img[src^='data:image/png']")
+    sync_api.expect(timeline).to_have_count(1)
+    sync_api.expect(page.locator("#diarize-files")).to_contain_text(listed(path.with_suffix(".rttm")))
+    speakers = [line.split(":")[0].strip() for line in summary.locator("li").all_inner_texts()]
+    assert len(set(speakers)) == 2
+    for speaker in speakers:  # the segment table names both
+        sync_api.expect(page.locator("#diarize-table")).to_contain_text(speaker)
+    timeline.screenshot(path=SCREENSHOTS / "diarize-timeline.png")
+    page.screenshot(path=SCREENSHOTS / "diarize.png", full_page=True)

@@ -7,8 +7,9 @@ import pytest
 import soundfile as sf
 import torch
 
-from speaker_app.features import (AudioError, FeatureConfig, features_from_array, features_from_file,
-                                  features_from_wave, log_mel, read_audio, remove_silence, to_mono)
+from speaker_app.features import (AudioError, FeatureConfig, aligned_features, features_from_array,
+                                  features_from_file, features_from_wave, log_mel, peak_normalise, read_audio,
+                                  remove_silence, to_mono)
 from tests.conftest import voiced
 
 CONFIG = FeatureConfig()
@@ -136,3 +137,18 @@ def test_silence_and_nan_raise_audio_error():
         features_from_wave(np.zeros(16000, np.float32), CONFIG)
     with pytest.raises(AudioError, match="NaN"):
         to_mono(np.full(100, np.nan, np.float32), 16000, 16000)
+
+
+def test_aligned_features_are_the_pipelines_on_speech_it_keeps_whole():
+    """Loud from the first sample to the last, so the silence rule keeps all of it: the time-aligned variant
+    (diarization's) must then give exactly the features of the one pipeline, normalisation included."""
+    t = np.arange(16000) / 16000
+    wave = (0.2 * np.sign(np.cos(2 * np.pi * 140 * t) + 0.1)).astype(np.float32)
+    assert len(remove_silence(peak_normalise(wave, CONFIG.norm_db), 16000)) == len(wave)
+    aligned = aligned_features(wave, CONFIG)
+    assert aligned.shape == (1 + len(wave) // 160, 40)
+    assert torch.equal(aligned, features_from_wave(wave, CONFIG))
+    quiet = aligned_features(wave * 0.1, CONFIG)  # peak-normalised: the level does not matter
+    assert torch.allclose(quiet, aligned, atol=1e-4)
+    with pytest.raises(AudioError, match="too short"):
+        aligned_features(wave[:100], CONFIG)
