@@ -58,14 +58,15 @@ class Split(NamedTuple):
         return plan(self.speakers, [c.path for c in self.clips], self.seconds, enrollment, usable=self.speech)
 
 
-def load_split(checkpoint: Checkpoint, audio_dir: Path, speakers: list[str], max_clips: int) -> Split:
+def load_split(checkpoint: Checkpoint, audio_dir: Path, speakers: list[str], max_clips: int, embed: bool = True) -> Split:
+    """The split's clips as our model sees them; without `embed`, only what the plans need (no embeddings)."""
     clips, features, skipped = decoded([Clip(*row) for row in audio_clips(audio_dir, speakers, max_clips=max_clips)],
                                        audio_dir, checkpoint.feature_config)
     if skipped:
         print(f"{skipped} clips did not decode and are left out", file=sys.stderr)
     frame_seconds = checkpoint.feature_config.frame_seconds
-    return Split(clips, embed_ours(checkpoint, features), [len(f) * frame_seconds for f in features],
-                 [check_speech(f).speech for f in features])
+    embedded = embed_ours(checkpoint, features) if embed else Embedded(None, None, features)
+    return Split(clips, embedded, [len(f) * frame_seconds for f in features], [check_speech(f).speech for f in features])
 
 
 def ours(checkpoint: Checkpoint, split: Split, enrollment: str, known: Split | None) -> tuple[list[Outcome], float]:
@@ -180,7 +181,7 @@ def main(argv=None) -> int:
     for enrollment in ENROLLMENTS:
         results[("ours", enrollment)], known_correct[enrollment] = ours(checkpoint, test, enrollment, known)
     if not args.no_resemblyzer:
-        calibration = load_split(checkpoint, args.audio_dir, speakers("calibration"), args.max_clips)
+        calibration = load_split(checkpoint, args.audio_dir, speakers("calibration"), args.max_clips, embed=False)
         calibration_peer = peer_embeddings(calibration, args.audio_dir, args.cache)
         test_peer = peer_embeddings(test, args.audio_dir, args.cache)
         for enrollment in ENROLLMENTS:
