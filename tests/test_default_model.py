@@ -45,8 +45,11 @@ def test_model_card_figures_are_the_checkpoints(shipped):
 
 
 def calibration_goals_met(identification: dict) -> bool:
+    """Both goals held where they were set: strangers named (with speakers enrolled; before galleries, unseen
+    clips named) and the known speakers' clips named correctly."""
     measured, goals = identification["measured"], identification["goals"]
-    return measured["unseen_named"] <= goals["max_unseen_named"] and measured["known_correct"] >= goals["min_known_correct"]
+    named = ("strangers_named", "max_strangers_named") if "strangers_named" in measured else ("unseen_named", "max_unseen_named")
+    return measured[named[0]] <= goals[named[1]] and measured["known_correct"] >= goals["min_known_correct"]
 
 
 @pytest.mark.parametrize("row", example_rows(), ids=lambda row: row["file"])
