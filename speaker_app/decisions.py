@@ -41,8 +41,11 @@ DEFAULT_MIN_ENROLL_SECONDS = 10.0  # unless the calibration measured it
 MAX_PROBABILITY = 0.99  # a few hundred calibration trials cannot support more certainty than this
 
 
-SECONDS_RANGE = (0.5, 60.0)  # quality terms hold durations to the range calibration sees
 REFERENCE_SECONDS = {"test": 3.0, "enroll": 15.0}
+# The seconds terms hold durations to the range their calibration saw (a record's `seconds_range`): a term
+# fitted on clips of 1 to 9 s says nothing about a 40-s clip. Records made before 2026-12-07 (evening) lack the
+# range and keep this wide one.
+SECONDS_RANGE = (0.5, 60.0)
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,7 @@ class Rule:
     known_threshold: float | None = None  # for the model's own speakers (prototypes); None: `threshold`
     per_log_test_seconds: float = 0.0
     per_log_enroll_seconds: float = 0.0
+    seconds_range: dict[str, tuple[float, float]] | None = None  # per "test" / "enroll"; None: SECONDS_RANGE
 
     @property
     def summary(self) -> str:
@@ -65,15 +69,14 @@ class Rule:
         clip's and the enrollment's seconds of speech (NaN or unknown: the reference)."""
         if not enrolled:
             return self.threshold if self.known_threshold is None else self.known_threshold
-        return (self.threshold + self.per_log_test_seconds * _log_ratio(test_seconds, "test")
-                + self.per_log_enroll_seconds * _log_ratio(enroll_seconds, "enroll"))
+        return (self.threshold + self.per_log_test_seconds * self._log_ratio(test_seconds, "test")
+                + self.per_log_enroll_seconds * self._log_ratio(enroll_seconds, "enroll"))
 
-
-def _log_ratio(seconds: float, kind: str) -> float:
-    if not math.isfinite(seconds) or seconds <= 0:
-        return 0.0
-    low, high = SECONDS_RANGE
-    return math.log(min(max(seconds, low), high) / REFERENCE_SECONDS[kind])
+    def _log_ratio(self, seconds: float, kind: str) -> float:
+        if not math.isfinite(seconds) or seconds <= 0:
+            return 0.0
+        low, high = (self.seconds_range or {}).get(kind, SECONDS_RANGE)
+        return math.log(min(max(seconds, low), high) / REFERENCE_SECONDS[kind])
 
 
 @dataclass(frozen=True)
@@ -160,6 +163,7 @@ def _rule(record: dict | None, score: str) -> Rule:
     if not record or record.get("threshold") is None:
         return Rule(DEFAULT_THRESHOLD[score], f"a default for {score} scores: this checkpoint is not calibrated", False)
     known = record.get("known_threshold")
+    ranges = {kind: (float(low), float(high)) for kind, (low, high) in record.get("seconds_range", {}).items()}
     return Rule(float(record["threshold"]), record.get("method") or "calibrated", True, record.get("rule") or "",
                 None if known is None else float(known), float(record.get("per_log_test_seconds", 0.0)),
-                float(record.get("per_log_enroll_seconds", 0.0)))
+                float(record.get("per_log_enroll_seconds", 0.0)), ranges or None)

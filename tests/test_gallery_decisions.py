@@ -22,7 +22,7 @@ def made_up_answers(n: int = 4000, seed: int = 0) -> gc.Answers:
     g = torch.Generator().manual_seed(seed)
     kind = torch.tensor([gc.TARGET, gc.STRANGER, gc.KNOWN] * (n // 3))
     seconds = 0.5 * 2 ** (torch.randint(0, 6, (len(kind),), generator=g).float())  # 0.5 to 16 s
-    log_test = gc.log_ratio(seconds, "test")
+    log_test = gc.log_ratio(seconds, "test", (0.5, 60.0))
     noise = torch.randn(len(kind), generator=g)
     best = torch.where(kind == gc.STRANGER, 3.0 - 1.0 * log_test + 0.5 * noise,  # AS-norm-like scores
                        torch.where(kind == gc.TARGET, 6.0 + 1.0 * noise, 9.0 + 0.5 * noise))
@@ -71,6 +71,10 @@ def test_simulated_galleries_score_every_enrolled_and_stranger_clip():
     prototypes = torch.stack([F.normalize(known.embeddings[i * 14:(i + 1) * 14].mean(0), dim=0) for i in range(3)])
     labels = torch.arange(3).repeat_interleave(14)
     answers = gc.simulate(Scorer(), prototypes, known, labels, unseen, sizes=(1, 12), draws=2)
+    ranges = gc.seconds_ranges(unseen)
+    assert 1.0 <= ranges["test"][0] < ranges["test"][1] <= 8.0  # the clips' seconds: 1, 2, 4 or 8
+    assert ranges["enroll"][0] >= 1.0 and ranges["enroll"][1] <= 5 * 8.0  # one clip to five
+    assert answers.log_test.max() <= math.log(ranges["test"][1] / 3) + 1e-6
     assert set(answers.gallery.tolist()) == {1.0, 12.0}
     strangers = plan(unseen.speakers, unseen.keys, unseen.seconds.tolist(), "5 clips").strangers
     per_gallery = int(((answers.kind == gc.STRANGER) & (answers.gallery == 12)).sum()) // (2 * 4)
@@ -117,6 +121,12 @@ def test_the_app_applies_the_seconds_terms_to_enrolled_speakers_only(tmp_path):
     assert rule.threshold_for(True, 0.75, 15.0) == pytest.approx(0.8 + 0.1 * math.log(4))  # shorter: stricter
     assert rule.threshold_for(True, 3.0, 60.0) == pytest.approx(0.8 - 0.05 * math.log(4))  # more enrolled: laxer
     assert rule.threshold_for(True, 3.0, math.nan) == pytest.approx(0.8)  # enrolled before seconds were kept
+    ranged = Decisions.from_calibration({**calibration, "identification": {
+        **identification, "seconds_range": {"test": [1.0, 9.0], "enroll": [2.0, 30.0]}}}, Scorer()).identification
+    assert ranged.threshold_for(True, 40.0, 15.0) == pytest.approx(ranged.threshold_for(True, 9.0, 15.0))  # held
+    assert ranged.threshold_for(True, 0.5, 15.0) == pytest.approx(0.8 + 0.1 * math.log(3))  # at 1 s, the least
+    assert ranged.threshold_for(True, 3.0, 60.0) == pytest.approx(0.8 - 0.05 * math.log(2))  # at 30 s, the most
+    assert rule.threshold_for(True, 40.0, 15.0) < ranged.threshold_for(True, 40.0, 15.0)  # no range: held at 60 s
 
     recognizer = Recognizer(checkpoint(calibration), tmp_path / "gallery.json")
     recognizer.gallery.add("ann", axis(4), 1, clip_embeddings=axis(4)[None], seconds=15.0)

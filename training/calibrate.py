@@ -206,14 +206,16 @@ def gallery_identification(trials: OpenSet, prototypes: torch.Tensor, scorer: Sc
     """The identification record of the gallery-calibrated rule (training.gallery_calibration), and the
     margins (best score minus its threshold) and labels (1: a clip of a speaker in the gallery, named
     correctly; 0: a stranger's) that P(known) is fitted on."""
-    answers = gallery_calibration.simulate(scorer, prototypes, known, trials.known_labels, unseen)
+    ranges = gallery_calibration.seconds_ranges(unseen)
+    answers = gallery_calibration.simulate(scorer, prototypes, known, trials.known_labels, unseen, ranges=ranges)
     choice, tried = gallery_calibration.choose(answers, max_strangers_named, min_known_correct)
     rates = gallery_calibration.measured(answers, choice)
     plain = max((t for t in tried if not t["choice"].per_log_test_seconds and not t["choice"].per_log_enroll_seconds),
                 key=lambda t: t["enrolled_correct"])
     sizes = sorted({int(n) for n in answers.gallery.tolist()})
     terms = (f"; it moves by {choice.per_log_test_seconds:+.2f} per unit of log(clip seconds / 3) and "
-             f"{choice.per_log_enroll_seconds:+.2f} per unit of log(enrollment seconds / 15)"
+             f"{choice.per_log_enroll_seconds:+.2f} per unit of log(enrollment seconds / 15), the seconds held to "
+             f"{ranges['test'][0]:.1f}-{ranges['test'][1]:.1f} s and {ranges['enroll'][0]:.1f}-{ranges['enroll'][1]:.1f} s"
              if choice.per_log_test_seconds or choice.per_log_enroll_seconds else "")
     known_goal = (f"at least {min_known_correct:.0%}" if rates["known_correct"] >= min_known_correct
                   else f"{rates['known_correct']:.1%} (its top-1 falls short of {min_known_correct:.0%})")
@@ -226,6 +228,7 @@ def gallery_identification(trials: OpenSet, prototypes: torch.Tensor, scorer: Sc
         "threshold": choice.threshold, "known_threshold": choice.known_threshold,
         "per_log_test_seconds": choice.per_log_test_seconds,
         "per_log_enroll_seconds": choice.per_log_enroll_seconds, "rule": rule,
+        "seconds_range": {kind: list(bounds) for kind, bounds in ranges.items()},
         "method": (f"{rule}; measured on galleries of {', '.join(map(str, sizes))} of {unseen_info['speakers']} unseen "
                    f"speakers ({', '.join(unseen_info['sources'])}) enrolled from 1, 3 or 5 clips or one "
                    f"recording, with the other half of them as strangers, {DRAWS_TEXT}: "

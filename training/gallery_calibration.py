@@ -13,7 +13,10 @@ speakers, the highest one that still names `min_known_correct` of their validati
 correctly; for enrolled speakers, `threshold + a * log(test s / 3) + b * log(enrollment s / 15)`
 where (a, b) come from a grid (a = b = 0 is a plain threshold) and the threshold is the lowest
 that names at most `max_strangers_named` of the strangers' clips in the galleries of every size. The
-(a, b) that names the most enrolled speakers' clips correctly wins.
+(a, b) that names the most enrolled speakers' clips correctly wins. Both terms hold the seconds to
+the range the calibration saw (`seconds_ranges`: where the middle 98 % of its test clips' and
+enrollments' seconds lie), here and in the app, so a longer clip than any it saw is not given a
+threshold nobody measured.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from typing import NamedTuple
 
 import torch
 
-from speaker_app.decisions import REFERENCE_SECONDS, SECONDS_RANGE
+from speaker_app.decisions import REFERENCE_SECONDS
 from speaker_app.scoring import Scorer, centroid
 
 from .dev_clips import Clips, source_of
@@ -35,6 +38,7 @@ GALLERY_SIZES = (1, 3, 10, 30, 100)
 DRAWS = 3  # galleries drawn per size and enrollment
 MAX_STRANGERS_NAMED, MIN_KNOWN_CORRECT = 0.02, 0.97
 GRID = tuple(x / 4 for x in range(-4, 9))  # candidate a and b: the threshold's change per unit of log seconds
+RANGE_QUANTILES = (0.01, 0.99)  # the seconds terms hold to where the middle 98 % of calibration's seconds lie
 
 
 class Answers(NamedTuple):
@@ -43,7 +47,7 @@ class Answers(NamedTuple):
     enrolled: torch.Tensor  # (N,) bool: it is an enrolled speaker (else one of the model's own)
     correct: torch.Tensor  # (N,) bool: it is the clip's own speaker
     kind: torch.Tensor  # (N,) 0: an enrolled speaker's clip, 1: a stranger's, 2: a known speaker's
-    log_test: torch.Tensor  # (N,) log(clip seconds / reference), within SECONDS_RANGE
+    log_test: torch.Tensor  # (N,) log(clip seconds / reference), the seconds within the calibration's range
     log_enroll: torch.Tensor  # (N,) log(enrollment seconds / reference) of the best candidate; 0 for known ones
     gallery: torch.Tensor  # (N,) how many speakers were enrolled
     own_enroll_seconds: torch.Tensor  # (N,) an enrolled speaker's clip: its own speaker's enrollment seconds; else NaN
@@ -53,28 +57,44 @@ class Answers(NamedTuple):
 TARGET, STRANGER, KNOWN = 0, 1, 2
 
 
-def log_ratio(seconds: torch.Tensor, kind: str) -> torch.Tensor:
-    return (seconds.clamp(*SECONDS_RANGE) / REFERENCE_SECONDS[kind]).log()
+def log_ratio(seconds: torch.Tensor, kind: str, bounds: tuple[float, float]) -> torch.Tensor:
+    return (seconds.clamp(*bounds) / REFERENCE_SECONDS[kind]).log()
+
+
+def plans(unseen: Clips, seed: int = 0) -> dict:
+    """{enrollment: the scenario's plan of the unseen speakers}."""
+    seconds, usable = unseen.seconds.tolist(), unseen.speech.tolist()
+    return {e: plan(unseen.speakers, unseen.keys, seconds, e, seed, usable=usable) for e in ENROLLMENTS}
+
+
+def seconds_ranges(unseen: Clips, seed: int = 0) -> dict[str, tuple[float, float]]:
+    """{"test": (low, high), "enroll": (low, high)}: where the middle 98 % of the seconds of speech lie, of the
+    clips tested (those that pass the speech check) and of the enrollments the galleries are made of."""
+    tested = unseen.seconds[unseen.speech].double()
+    enrolled = torch.tensor([float(unseen.seconds[rows].sum()) for p in plans(unseen, seed).values()
+                             for rows in p.enrolled.values()], dtype=torch.float64)
+    return {kind: tuple(float(q) for q in torch.quantile(values, torch.tensor(RANGE_QUANTILES, dtype=torch.float64)))
+            for kind, values in (("test", tested), ("enroll", enrolled))}
 
 
 def simulate(scorer: Scorer, prototypes: torch.Tensor, known: Clips, known_labels: torch.Tensor, unseen: Clips,
-             sizes=GALLERY_SIZES, draws: int = DRAWS, seed: int = 0) -> Answers:
-    """Every enrollment x gallery size x draw: the best candidate of each test clip (speech clips only)."""
+             sizes=GALLERY_SIZES, draws: int = DRAWS, seed: int = 0, ranges: dict | None = None) -> Answers:
+    """Every enrollment x gallery size x draw: the best candidate of each test clip (speech clips only), its
+    seconds held to `ranges` (default: `seconds_ranges(unseen)`)."""
+    ranges = ranges or seconds_ranges(unseen, seed)
     parts = []
-    seconds = unseen.seconds.tolist()
-    for enrollment in ENROLLMENTS:
-        the_plan = plan(unseen.speakers, unseen.keys, seconds, enrollment, seed, usable=unseen.speech.tolist())
+    for enrollment, the_plan in plans(unseen, seed).items():
         half = sorted(the_plan.enrolled)
         for size in sorted({min(s, len(half)) for s in sizes} - {0}):
             for draw in range(draws):
                 chosen = sorted(random.Random(f"{seed}/{enrollment}/{size}/{draw}").sample(half, size))
-                parts.append(_gallery(scorer, prototypes, known, known_labels, unseen, the_plan, chosen)
+                parts.append(_gallery(scorer, prototypes, known, known_labels, unseen, the_plan, chosen, ranges)
                              + (enrollment,))
     return Answers(*(torch.cat([p[i] for p in parts]) for i in range(8)),
                    [p[8] for p in parts for _ in range(len(p[0]))])
 
 
-def _gallery(scorer, prototypes, known, known_labels, unseen, the_plan, chosen) -> tuple:
+def _gallery(scorer, prototypes, known, known_labels, unseen, the_plan, chosen, ranges) -> tuple:
     """One gallery of `chosen` enrolled speakers: the answers of its targets, all strangers and the known clips."""
     prints = torch.stack([centroid(unseen.embeddings[the_plan.enrolled[s]]) for s in chosen])
     clip_rows = [r for s in chosen for r in the_plan.enrolled[s]]
@@ -93,12 +113,13 @@ def _gallery(scorer, prototypes, known, known_labels, unseen, the_plan, chosen) 
     scores = scorer.score_speakers(embeddings, candidates, unseen.embeddings[clip_rows], owners)
     best, arg = scores.max(-1)
     is_enrolled = arg >= len(prototypes)
-    log_enroll = torch.where(is_enrolled, log_ratio(enroll_seconds, "enroll")[(arg - len(prototypes)).clamp(min=0)],
+    log_enroll = torch.where(is_enrolled,
+                             log_ratio(enroll_seconds, "enroll", ranges["enroll"])[(arg - len(prototypes)).clamp(min=0)],
                              torch.zeros(()))
     own = torch.cat([enroll_seconds[[index[unseen.speakers[r]] - len(prototypes) for r in targets]],
                      torch.full((len(rows) - len(targets) + len(known_labels),), math.nan)])
     keep = speech  # clips that fail the speech check are never named, as in the app
-    return tuple(x[keep] for x in (best, is_enrolled, arg == truth, kind, log_ratio(test_seconds, "test"),
+    return tuple(x[keep] for x in (best, is_enrolled, arg == truth, kind, log_ratio(test_seconds, "test", ranges["test"]),
                                    log_enroll, torch.full_like(best, len(chosen)), own))
 
 
