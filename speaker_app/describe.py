@@ -44,9 +44,12 @@ def identification_note(recognizer: Recognizer, brief: bool = False) -> str:
         which = (f"Identification thresholds {rule.known_threshold:.3f} for the model's speakers and "
                  f"{rule.threshold:.3f} for enrolled ones")
         if rule.per_log_test_seconds or rule.per_log_enroll_seconds:
+            held = rule.seconds_range or {}
+            within = (f", held to {held['test'][0]:.1f}-{held['test'][1]:.1f} s and "
+                      f"{held['enroll'][0]:.1f}-{held['enroll'][1]:.1f} s" if {"test", "enroll"} <= set(held) else "")
             which += (f" (at {REFERENCE_SECONDS['test']:g} s of speech enrolled from {REFERENCE_SECONDS['enroll']:g} s; "
                       f"{rule.per_log_test_seconds:+.2f} and {rule.per_log_enroll_seconds:+.2f} per unit of the log of "
-                      "each)")
+                      f"each{within})")
     text = f"{which} ({score_name(recognizer.scorer.kind)}): {rule.summary if brief else rule.method}"
     return text if rule.calibrated else text + "; names are a rough guide"
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from speaker_app import describe
 from speaker_app.decisions import Decisions
 from speaker_app.recognizer import Recognizer
 from speaker_app.scoring import Scorer
@@ -121,12 +122,15 @@ def test_the_app_applies_the_seconds_terms_to_enrolled_speakers_only(tmp_path):
     assert rule.threshold_for(True, 0.75, 15.0) == pytest.approx(0.8 + 0.1 * math.log(4))  # shorter: stricter
     assert rule.threshold_for(True, 3.0, 60.0) == pytest.approx(0.8 - 0.05 * math.log(4))  # more enrolled: laxer
     assert rule.threshold_for(True, 3.0, math.nan) == pytest.approx(0.8)  # enrolled before seconds were kept
-    ranged = Decisions.from_calibration({**calibration, "identification": {
-        **identification, "seconds_range": {"test": [1.0, 9.0], "enroll": [2.0, 30.0]}}}, Scorer()).identification
+    ranged_calibration = {**calibration, "identification": {**identification,
+                                                            "seconds_range": {"test": [1, 9], "enroll": [2, 30]}}}
+    ranged = Decisions.from_calibration(ranged_calibration, Scorer()).identification
     assert ranged.threshold_for(True, 40.0, 15.0) == pytest.approx(ranged.threshold_for(True, 9.0, 15.0))  # held
     assert ranged.threshold_for(True, 0.5, 15.0) == pytest.approx(0.8 + 0.1 * math.log(3))  # at 1 s, the least
     assert ranged.threshold_for(True, 3.0, 60.0) == pytest.approx(0.8 - 0.05 * math.log(2))  # at 30 s, the most
     assert rule.threshold_for(True, 40.0, 15.0) < ranged.threshold_for(True, 40.0, 15.0)  # no range: held at 60 s
+    note = describe.identification_note(Recognizer(checkpoint(ranged_calibration), tmp_path / "ranged.json"))
+    assert "held to 1.0-9.0 s and 2.0-30.0 s" in note
 
     recognizer = Recognizer(checkpoint(calibration), tmp_path / "gallery.json")
     recognizer.gallery.add("ann", axis(4), 1, clip_embeddings=axis(4)[None], seconds=15.0)
