@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -64,6 +63,7 @@ COLLAR = 0.5  # pyannote's collar is the whole width: +-0.25 s around each refer
 THRESHOLDS = np.round(np.arange(0.3, 1.31, 0.05), 2)
 WINDOWS = [(1.0, 0.5), (1.5, 0.75), (1.5, 1.5)]  # (window, hop) seconds; 2 s / 1 s and 3 s / 1.5 s were worse
 PENALTIES = (0.1, 0.3, 1.0)
+LEAST_SPEECH = (0.0, 2.0, 4.0, 6.0, 8.0)  # seconds a cluster needs to stay a speaker of its own
 PEER = "Resemblyzer d-vectors (same VAD, windows, clustering)"
 
 
@@ -265,9 +265,9 @@ def calibrate(convs, recognizer, cache) -> tuple[DiarizationSettings, list[str]]
 
 def choose_clustering(convs, gathered, settings: DiarizationSettings) -> tuple[DiarizationSettings, str]:
     """Agglomerative (calibrated threshold) and spectral (eigengap), each with and without resegmentation
-    and with 0, 2 or 4 s as the least speech of a speaker."""
+    and with 0 to 8 s as the least speech of a speaker."""
     candidates = []
-    for minimum in (0.0, 2.0, 4.0):
+    for minimum in LEAST_SPEECH:
         agglomerative_threshold, _ = best_threshold(convs, gathered, replace(settings, min_speaker_seconds=minimum))
         for method in ("agglomerative", "spectral"):
             for penalty in (0.0, *PENALTIES):
@@ -361,11 +361,17 @@ def run_long(convs, checkpoint: Path, cache: Path) -> dict:
                 seconds += len(wave) / RATE
     seconds = sf.info(str(path)).duration
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "speaker_app.diarize", str(path), "--rttm-dir", str(cache / "long-rttm"),
-                    "--checkpoint", str(checkpoint)], check=True, stdout=subprocess.DEVNULL, cwd=common.REPO)
+    child = subprocess.Popen([sys.executable, "-m", "speaker_app.diarize", str(path), "--rttm-dir",
+                              str(cache / "long-rttm"), "--checkpoint", str(checkpoint)],
+                             stdout=subprocess.DEVNULL, cwd=common.REPO)
+    # wait4: this child's own peak. getrusage(RUSAGE_CHILDREN) would give the largest of every child this
+    # process ever waited for (the conversations' builders, the peer's), not the pipeline's.
+    _, status, usage = os.wait4(child.pid, 0)
+    child.returncode = os.waitstatus_to_exitcode(status)
+    if child.returncode:
+        raise subprocess.CalledProcessError(child.returncode, child.args)
     wall = time.perf_counter() - started
-    peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    return {"seconds": seconds, "wall": wall, "rtf": wall / seconds, "peak_mb": peak_mb}
+    return {"seconds": seconds, "wall": wall, "rtf": wall / seconds, "peak_mb": usage.ru_maxrss / 1024}
 
 
 # -- the report ---------------------------------------------------------------------------------------
