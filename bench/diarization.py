@@ -15,7 +15,8 @@ Systems, on the same conversations in the same run:
 - the classic d-vector pipeline: Resemblyzer's embeddings (pretrained GE2E; bench-only) of the same
   windows, with the same speech activity and clustering, its threshold calibrated the same way.
 - ours with the conversation's speakers enrolled (5 clips each, the Enroll tab's path): the share of
-  speech time given the right name, and of segments named right.
+  speech time given the right name, and of segments named right; and with every other speaker enrolled,
+  the rest strangers: enrolled speech named right or wrongly, and strangers' speech named.
 
 Metrics: DER by pyannote.metrics with overlap scored, at a collar of ±0.25 s around each reference boundary
 (pyannote's collar=0.5, md-eval's `-c 0.25`) and without one; its missed speech / false alarm / confusion;
@@ -65,6 +66,7 @@ WINDOWS = [(1.0, 0.5), (1.5, 0.75), (1.5, 1.5)]  # (window, hop) seconds; 2 s / 
 PENALTIES = (0.1, 0.3, 1.0)
 LEAST_SPEECH = (0.0, 2.0, 4.0, 6.0, 8.0)  # seconds a cluster needs to stay a speaker of its own
 PEER = "Resemblyzer d-vectors (same VAD, windows, clustering)"
+STRANGER = "stranger: "  # reference labels of speakers left out of the gallery
 
 
 # -- conversations -------------------------------------------------------------------------------
@@ -345,7 +347,36 @@ def run_enrolled(convs, checkpoint, settings: DiarizationSettings, folder: Path,
             segments += 1
         total += reference.get_timeline().support().duration()
     return {"speech named right": right / total, "segments named right": segments_right / segments,
-            "segments": int(segments), "nearest right": ranked_right / total}
+            "segments": int(segments), "nearest right": ranked_right / total,
+            **run_half_enrolled(convs, checkpoint, settings, folder, cache)}
+
+
+def run_half_enrolled(convs, checkpoint, settings: DiarizationSettings, folder: Path, cache: Path) -> dict:
+    """Every other speaker of each conversation (in name order) enrolled, the rest strangers, as when people bring
+    a recording: shares of the enrolled speakers' speech time named right and named as another enrolled
+    speaker, and of the strangers' speech time named as anyone."""
+    spoken = {"right": 0.0, "wrong": 0.0, "enrolled": 0.0, "stranger named": 0.0, "stranger": 0.0}
+    for i, c in enumerate(convs):
+        recognizer = Recognizer(checkpoint, folder / f"half-{i}.json")
+        enrolled = sorted(c["enroll"])[::2]
+        names = {s: recognizer.enroll(s.replace("/", " "), c["enroll"][s]) for s in enrolled}
+        result = diarize_gathered(gathered_for(c, "ours", settings, recognizer, cache)[0], recognizer, settings)
+        reference = annotation([r._replace(speaker=names.get(r.speaker, STRANGER + r.speaker)) for r in c["reference"]])
+        for label in reference.labels():
+            spoken["stranger" if label.startswith(STRANGER) else "enrolled"] += reference.label_duration(label)
+        for segment in result.segments:
+            said = reference.crop(Span(segment.start, segment.end))
+            for label in said.labels():
+                seconds = said.label_duration(label)
+                if label.startswith(STRANGER):
+                    spoken["stranger named"] += seconds * (segment.speaker in names.values())
+                elif segment.speaker == label:
+                    spoken["right"] += seconds
+                elif segment.speaker in names.values():
+                    spoken["wrong"] += seconds
+    return {"half: enrolled named right": spoken["right"] / spoken["enrolled"],
+            "half: enrolled named wrongly": spoken["wrong"] / spoken["enrolled"],
+            "half: strangers named": spoken["stranger named"] / spoken["stranger"]}
 
 
 def run_long(convs, checkpoint: Path, cache: Path) -> dict:
@@ -411,7 +442,9 @@ def summary(convs_test, systems, enrolled, long) -> str:
     text = (f"{len(convs_test)} conversations, DER ±0.25 s {percent(ours.der())} (Resemblyzer {percent(peer.der())}), "
             f"count exact {percent(ours.exact_count())} ({percent(peer.exact_count())})")
     if enrolled:
-        text += f", enrolled speech named right {percent(enrolled['speech named right'])}"
+        text += (f", enrolled speech named right {percent(enrolled['speech named right'])} (half enrolled: "
+                 f"{percent(enrolled['half: enrolled named right'])}, strangers' speech named "
+                 f"{percent(enrolled['half: strangers named'])})")
     if long:
         text += f"; {long['seconds'] / 60:.0f}-min file RTF {long['rtf']:.4f}, RSS {long['peak_mb']:.0f} MiB"
     return text + "."
@@ -442,6 +475,10 @@ def report(args, convs_test, convs_cal, settings, peer_settings, systems, enroll
                      "right (their longest-overlapping reference speaker). Had every cluster been given its "
                      f"nearest candidate, threshold or not: {percent(enrolled['nearest right'])} of speech time "
                      "(the rest of the gap is the identification threshold's).")
+        lines.append(f"\nWith every other speaker of each conversation enrolled and the rest strangers: "
+                     f"{percent(enrolled['half: enrolled named right'])} of the enrolled speakers' speech time named "
+                     f"right, {percent(enrolled['half: enrolled named wrongly'])} as another enrolled speaker; "
+                     f"{percent(enrolled['half: strangers named'])} of the strangers' speech time named as one.")
     if long:
         lines.append(f"\nOne file of {long['seconds'] / 60:.1f} min (test conversations joined), by "
                      f"`python -m speaker_app.diarize` in a subprocess: {long['wall']:.1f} s wall, RTF "
