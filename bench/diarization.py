@@ -47,8 +47,8 @@ from pyannote.metrics.diarization import DiarizationErrorRate
 
 from speaker_app.checkpoint import load_checkpoint
 from speaker_app.clustering import Count
-from speaker_app.diarize import (SETTINGS_FILE, DiarizationSettings, Gathered, Windows, cluster, diarize_gathered,
-                                 embed_windows, gather, window_crops)
+from speaker_app.diarize import (SETTINGS_FILE, Diarization, DiarizationSettings, Gathered, Windows, cluster,
+                                 diarize_gathered, embed_windows, gather, window_crops)
 from speaker_app.features import audio_blocks
 from speaker_app.recognizer import Recognizer
 from speaker_app.segments import Segment, label_speech, read_rttm, write_rttm
@@ -328,14 +328,23 @@ def breakdown(convs, systems: dict[str, list[list[Segment]]]) -> str:
     return common.table(header, rows)
 
 
+def enrolled_and_diarized(conversation: dict, speakers: list[str], checkpoint, settings: DiarizationSettings,
+                          gallery: Path, cache: Path) -> tuple[dict[str, str], Diarization]:
+    """`speakers` of the conversation enrolled from their 5 kept clips (Recognizer.enroll, as the Enroll tab) into
+    a new gallery, then the conversation diarized: ({speaker: enrolled name}, the diarization)."""
+    recognizer = Recognizer(checkpoint, gallery)
+    names = {s: recognizer.enroll(s.replace("/", " "), conversation["enroll"][s]) for s in speakers}
+    gathered = gathered_for(conversation, "ours", settings, recognizer, cache)[0]
+    return names, diarize_gathered(gathered, recognizer, settings)
+
+
 def run_enrolled(convs, checkpoint, settings: DiarizationSettings, folder: Path, cache: Path) -> dict:
     """Each conversation's speakers enrolled from their 5 kept clips (Recognizer.enroll, as the Enroll tab),
     then diarized: speech time and segments given the right name."""
     right = total = segments_right = segments = ranked_right = 0.0
     for i, c in enumerate(convs):
-        recognizer = Recognizer(checkpoint, folder / f"gallery-{i}.json")
-        names = {s: recognizer.enroll(s.replace("/", " "), clips) for s, clips in c["enroll"].items()}
-        result = diarize_gathered(gathered_for(c, "ours", settings, recognizer, cache)[0], recognizer, settings)
+        names, result = enrolled_and_diarized(c, sorted(c["enroll"]), checkpoint, settings, folder / f"all-{i}.json",
+                                              cache)
         reference = annotation([r._replace(speaker=names[r.speaker]) for r in c["reference"]])
         nearest = {s.name: s.identification.matches[0].name for s in result.speakers}  # named or not
         for segment in result.segments:
@@ -347,8 +356,7 @@ def run_enrolled(convs, checkpoint, settings: DiarizationSettings, folder: Path,
             segments += 1
         total += reference.get_timeline().support().duration()
     return {"speech named right": right / total, "segments named right": segments_right / segments,
-            "segments": int(segments), "nearest right": ranked_right / total,
-            **run_half_enrolled(convs, checkpoint, settings, folder, cache)}
+            "segments": int(segments), "nearest right": ranked_right / total}
 
 
 def run_half_enrolled(convs, checkpoint, settings: DiarizationSettings, folder: Path, cache: Path) -> dict:
@@ -357,10 +365,8 @@ def run_half_enrolled(convs, checkpoint, settings: DiarizationSettings, folder: 
     speaker, and of the strangers' speech time named as anyone."""
     spoken = {"right": 0.0, "wrong": 0.0, "enrolled": 0.0, "stranger named": 0.0, "stranger": 0.0}
     for i, c in enumerate(convs):
-        recognizer = Recognizer(checkpoint, folder / f"half-{i}.json")
-        enrolled = sorted(c["enroll"])[::2]
-        names = {s: recognizer.enroll(s.replace("/", " "), c["enroll"][s]) for s in enrolled}
-        result = diarize_gathered(gathered_for(c, "ours", settings, recognizer, cache)[0], recognizer, settings)
+        names, result = enrolled_and_diarized(c, sorted(c["enroll"])[::2], checkpoint, settings,
+                                              folder / f"half-{i}.json", cache)
         reference = annotation([r._replace(speaker=names.get(r.speaker, STRANGER + r.speaker)) for r in c["reference"]])
         for label in reference.labels():
             spoken["stranger" if label.startswith(STRANGER) else "enrolled"] += reference.label_duration(label)
@@ -534,7 +540,8 @@ def main(argv=None) -> int:
     import tempfile
 
     with tempfile.TemporaryDirectory() as folder:
-        enrolled = run_enrolled(convs_test, checkpoint, settings, Path(folder), args.cache)
+        enrolled = {**run_enrolled(convs_test, checkpoint, settings, Path(folder), args.cache),
+                    **run_half_enrolled(convs_test, checkpoint, settings, Path(folder), args.cache)}
     long = run_long(convs_test, args.checkpoint, args.cache) if args.long else None
     text = report(args, convs_test, convs_cal, settings, peer_settings, systems, enrolled, long,
                   ["\n### By condition, on the test conversations\n", conditions], ablations, time.perf_counter() - started)
