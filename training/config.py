@@ -48,6 +48,10 @@ class TrainConfig:
     preload_gb: float = 8.0  # hold features in memory (float16) when they fit in this
     compile: bool = False
     precision: str = "bf16"  # on CUDA: "bf16" autocast or "fp32"; the CPU always trains in float32
+    # a checkpoint whose embedding the model is also trained to copy (training.distill), with this weight
+    # on the mean cosine distance between the two embeddings of each crop; "" trains on labels alone
+    teacher: str = ""
+    distill_weight: float = 0.0
 
     def __post_init__(self):
         positive = ("steps", "batch_size", "segment_frames", "valid_every", "valid_max_frames")
@@ -66,6 +70,9 @@ class TrainConfig:
             raise ValueError(f"lr must be positive, got {self.lr}")
         if self.precision not in ("bf16", "fp32"):
             raise ValueError(f"precision must be 'bf16' or 'fp32', got {self.precision!r}")
+        if self.distill_weight < 0 or bool(self.teacher) != (self.distill_weight > 0):
+            raise ValueError(f"distillation needs both a teacher and a positive distill_weight, got "
+                             f"teacher={self.teacher!r}, distill_weight={self.distill_weight}")
         start, end = self.margin_ramp
         if not 0 <= start <= end <= 1:
             raise ValueError(f"margin_ramp must be two fractions of the steps, 0 <= start <= end <= 1, got {self.margin_ramp}")

@@ -80,7 +80,10 @@ def train_step(model, network, batch, augment, generator, optimizer, scheduler, 
     features, lengths = augment(features, lengths, generator)
     with context if context is not None else autocast(device, config.precision):
         logits = network(features, lengths, labels)
-        loss = F.cross_entropy(logits.float(), labels)
+        extra = 0.0
+        if isinstance(logits, tuple):  # training.distill.Distilled: the student's logits and its distillation loss
+            logits, extra = logits
+        loss = F.cross_entropy(logits.float(), labels) + extra
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)

@@ -51,6 +51,7 @@ from .augment import Augmenter
 from .config import TrainConfig, override, read_config_file
 from .data import DROPOUT, DataError, FeatureBank, crop_batches, derived_seed, read_labelled, read_speakers, \
     sample_statistics, split_utterances
+from .distill import Distilled, load_teacher
 from .distributed import Distributed
 from .loop import Run, fit, make_optimizer, make_schedule, truncate_metrics
 
@@ -230,6 +231,8 @@ def main(argv=None) -> int:
         (args.out / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
 
     network = model
+    if config.teacher:
+        network = Distilled(model, load_teacher(config.teacher, env.device), config.distill_weight)
     if env.world > 1:
         network = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[env.device] if env.device.type == "cuda" else None)
