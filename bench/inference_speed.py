@@ -1,4 +1,4 @@
-"""Inference speed on the CPU: the shipped model in torch and in onnxruntime vs ECAPA-TDNN of similar size.
+"""Inference speed on the CPU: the shipped model as served and in torch alone vs ECAPA-TDNN of similar size.
 
     python -m bench.inference_speed [--quick] [--repeats N] [--checkpoint CKPT] [--results PATH]
 
@@ -9,8 +9,9 @@ end to end), with 1 thread and with all threads, it times feature extraction
 windows when the checkpoint sets them, every member of an ensemble, the head)
 separately: warm-up runs, then the median of the repeats. The model is the
 shipped checkpoint as it ships (`checkpoints/default.pt`, or --checkpoint),
-in torch and exported by `training.export` to run in onnxruntime
-(`speaker_app.onnx_model`, with that many intra-op threads); ECAPA-TDNN has
+as the app serves it (`speaker_app.onnx_model.served`: its embeddings in
+onnxruntime, with that many intra-op threads, when its export lies beside it)
+and in torch alone; ECAPA-TDNN has
 random weights (speed does not depend on them). Real-time factor = processing
 time / audio duration. Every configuration runs in a fresh process, so its
 peak resident memory (`getrusage`) is its own; the table also gives the growth
@@ -28,7 +29,6 @@ import resource
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -38,7 +38,7 @@ import torch
 from . import common
 
 DURATIONS = (1.0, 5.0, 20.0)
-MODELS = {"conformer": "shipped model", "onnx": "shipped model, onnxruntime", "ecapa": "ECAPA-TDNN"}
+MODELS = {"shipped": "shipped model, as served", "torch": "shipped model, torch alone", "ecapa": "ECAPA-TDNN"}
 N_SPEAKERS = 31  # ECAPA-TDNN's head: its size does not change the embedding's cost
 TARGET_RTF = 0.004  # the shipped model's, 5 s clip, 1 thread, features included (issue 41)
 
@@ -60,32 +60,23 @@ def resident_mb() -> float:
         return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def build(kind: str, threads: int, checkpoint: Path, onnx_path: Path | None = None):
-    """-> (model for `infer`, parameter count): the shipped checkpoint, its ONNX export, or ECAPA-TDNN."""
+def build(kind: str, checkpoint: Path):
+    """-> (model for `infer`, parameter count): the shipped checkpoint as served or in torch, or ECAPA-TDNN.
+    onnxruntime takes as many threads as torch has when the model is built."""
     from speaker_app.checkpoint import load_checkpoint
     from speaker_app.ecapa import ecapa_config
+    from speaker_app.onnx_model import served
     from speaker_app.registry import build_model
 
-    if kind == "onnx":
-        from speaker_app.onnx_model import load_onnx
-
-        loaded = load_onnx(onnx_path, threads=threads)
-        return loaded.build_model(), sum(t.numel() for t in loaded.state_dict.values())
-    model = load_checkpoint(checkpoint).build_model() if kind == "conformer" else build_model(ecapa_config(),
-                                                                                              N_SPEAKERS)
-    return model.eval(), sum(p.numel() for p in model.parameters())
+    if kind == "ecapa":
+        model = build_model(ecapa_config(), N_SPEAKERS)
+        return model.eval(), sum(p.numel() for p in model.parameters())
+    loaded = load_checkpoint(checkpoint)
+    params = sum(t.numel() for t in loaded.state_dict.values() if t.is_floating_point())
+    return (served(loaded) if kind == "shipped" else loaded.build_model()), params
 
 
-def export_shipped(checkpoint: Path, path: Path) -> None:
-    """The checkpoint exported as `training.export` does."""
-    from speaker_app.checkpoint import load_checkpoint
-    from training.export import export
-
-    export(load_checkpoint(checkpoint), path)
-
-
-def measure(kind: str, threads: int, seconds: float, repeats: int, root: Path, checkpoint: Path,
-            onnx_path: Path | None = None) -> dict:
+def measure(kind: str, threads: int, seconds: float, repeats: int, root: Path, checkpoint: Path) -> dict:
     """One configuration, in this (fresh) process."""
     from speaker_app.features import FeatureConfig, features_from_wave
     from speaker_app.inference import infer
@@ -93,7 +84,7 @@ def measure(kind: str, threads: int, seconds: float, repeats: int, root: Path, c
     torch.set_num_threads(threads)
     config = FeatureConfig()
     wave = speech(seconds, root, config.sample_rate)
-    model, params = build(kind, threads, checkpoint, onnx_path)
+    model, params = build(kind, checkpoint)
     before = resident_mb()
     feature_s, model_s = [], []
     with torch.inference_mode():
@@ -112,10 +103,9 @@ def measure(kind: str, threads: int, seconds: float, repeats: int, root: Path, c
             "peak_mb": peak, "growth_mb": peak - before}
 
 
-def child(kind: str, threads: int, seconds: float, repeats: int, root: Path, checkpoint: Path,
-          onnx_path: Path) -> dict:
+def child(kind: str, threads: int, seconds: float, repeats: int, root: Path, checkpoint: Path) -> dict:
     args = [sys.executable, "-m", "bench.inference_speed", "--child", kind, str(threads), str(seconds),
-            "--repeats", str(repeats), "--speech", str(root), "--checkpoint", str(checkpoint), "--onnx", str(onnx_path)]
+            "--repeats", str(repeats), "--speech", str(root), "--checkpoint", str(checkpoint)]
     done = subprocess.run(args, cwd=common.REPO, capture_output=True, text=True)
     if done.returncode:
         raise SystemExit(f"error: {' '.join(args)} failed:\n{done.stderr[-2000:]}")
@@ -123,8 +113,9 @@ def child(kind: str, threads: int, seconds: float, repeats: int, root: Path, che
 
 
 def shipped(checkpoint: Path) -> str:
-    """What the checkpoint is, in words: how many networks, which windows."""
+    """What the checkpoint is, in words: how many networks, which windows, what runs the embeddings."""
     from speaker_app.checkpoint import load_checkpoint
+    from speaker_app.onnx_model import OnnxEmbedded, served
 
     loaded = load_checkpoint(checkpoint)
     config, frame_seconds = loaded.model_config, loaded.feature_config.frame_seconds
@@ -133,7 +124,9 @@ def shipped(checkpoint: Path) -> str:
                else ", whole clips")
     path = checkpoint.resolve()
     shown = path.relative_to(common.REPO) if path.is_relative_to(common.REPO) else path.name
-    return f"`{shown}`: {networks}{windows}"
+    runner = (f"embeddings by onnxruntime from `{path.with_suffix('.onnx').name}` beside it"
+              if isinstance(served(loaded), OnnxEmbedded) else "in torch (no export beside it)")
+    return f"`{shown}`: {networks}{windows}, {runner}"
 
 
 def report(results: list[dict], repeats: int, wall_s: float, model: str) -> str:
@@ -149,17 +142,16 @@ def report(results: list[dict], repeats: int, wall_s: float, model: str) -> str:
         row = next((r for r in results if r["kind"] == kind and r["threads"] == 1 and r["seconds"] == 5.0), None)
         return row and (row["features_ms"] + row["model_ms"]) / 1e3 / row["seconds"]
 
-    ours, onnx = rtf("conformer"), rtf("onnx")
+    ours, alone = rtf("shipped"), rtf("torch")
     gpu = " GPU: not measured: no GPU available." if not torch.cuda.is_available() else ""
     text = [common.header("Inference speed (CPU)", wall_s)]
     if ours:
         text += [f"The shipped model ({model}) on a 5 s clip with 1 thread, features included: RTF {ours:.4f} "
                  f"({'meets' if ours <= TARGET_RTF else 'MISSES'} the target of at most {TARGET_RTF}; "
                  f"{1 / ours:.0f} times faster than real time).", ""]
-    if ours and onnx:
-        text += [f"The same model in onnxruntime (5 s clip, 1 thread, features included): RTF {onnx:.4f} against "
-                 f"torch's {ours:.4f} ({'meets' if onnx <= ours else 'MISSES'} the goal of at most torch's; "
-                 f"torch takes {ours / onnx:.2f} times as long)."]
+    if ours and alone:
+        text += [f"The same network in torch alone (5 s clip, 1 thread, features included): RTF {alone:.4f}, "
+                 f"{alone / ours:.2f} times as long as served."]
     text += [common.MORE,
              f"Real speech (vcc2016 clips joined, 16 kHz); frames are what is left after silence removal. "
              f"Median of {repeats} runs after 3 warm-up runs, one clip at a time; `features` is "
@@ -167,8 +159,8 @@ def report(results: list[dict], repeats: int, wall_s: float, model: str) -> str:
              f"on the (T, 40) features, as the app runs the model (its windows, every member, the head); total = "
              f"both. RTF = time / audio duration (lower is faster). Peak RSS: the process's peak resident memory "
              f"(Python, torch, model, audio); growth: over the resident size before the first clip. Models: the "
-             f"shipped model ({model}) in torch, the same exported by `training.export` and run by onnxruntime "
-             f"(`speaker_app.onnx_model`, `threads` intra-op threads), and ECAPA-TDNN (SpeechBrain, 264 channels, "
+             f"shipped model ({model}) as the app serves it (`speaker_app.onnx_model.served`, `threads` "
+             f"intra-op threads) and the same network in torch alone, and ECAPA-TDNN (SpeechBrain, 264 channels, "
              f"random weights).{gpu}\n",
              common.table(["model", "params", "threads", "clip (s)", "frames", "features (ms)", "model (ms)",
                            "total (ms)", "RTF total", "RTF features", "peak RSS (MB)", "growth (MB)"], rows)]
@@ -184,32 +176,21 @@ def main(argv=None) -> int:
                         help="the model to time (default: the shipped one, checkpoints/default.pt)")
     parser.add_argument("--results", type=Path, help="file whose `inference` section to rewrite (default bench/RESULTS.md)")
     parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS),
-                        help="which rows to time (default: all; the shipped model's own is `conformer`)")
+                        help="which rows to time (default: all; the shipped model's own is `shipped`)")
     parser.add_argument("--child", nargs=3, metavar=("MODEL", "THREADS", "SECONDS"), help=argparse.SUPPRESS)
-    parser.add_argument("--onnx", type=Path, help=argparse.SUPPRESS)  # the exported model, for the children
-    parser.add_argument("--export", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     repeats = args.repeats or (3 if args.quick else 30)
     if args.child:
         kind, threads, seconds = args.child
-        print(json.dumps(measure(kind, int(threads), float(seconds), repeats, args.speech, args.checkpoint, args.onnx)))
-        return 0
-    if args.export:
-        export_shipped(args.checkpoint, args.export)
+        print(json.dumps(measure(kind, int(threads), float(seconds), repeats, args.speech, args.checkpoint)))
         return 0
     started = time.perf_counter()
     results = []
-    folder = tempfile.TemporaryDirectory(prefix="bench-onnx-")
-    # Exported in its own process: getrusage's peak would carry over from this one into every child.
-    onnx_path = Path(folder.name) / "shipped.onnx"
-    if "onnx" in args.models:
-        subprocess.run([sys.executable, "-m", "bench.inference_speed", "--export", str(onnx_path), "--checkpoint",
-                        str(args.checkpoint)], cwd=common.REPO, check=True)
     for kind in args.models:
         for threads in sorted({1, os.cpu_count()}):
             for seconds in DURATIONS:
                 results.append({"kind": kind, "threads": threads, "seconds": seconds,
-                                **child(kind, threads, seconds, repeats, args.speech, args.checkpoint, onnx_path)})
+                                **child(kind, threads, seconds, repeats, args.speech, args.checkpoint)})
                 r = results[-1]
                 print(f"{kind} {threads} thread(s) {seconds:g} s: features {r['features_ms']:.1f} ms, "
                       f"model {r['model_ms']:.1f} ms", flush=True)

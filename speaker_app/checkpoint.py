@@ -27,18 +27,23 @@ def save_checkpoint(checkpoint: Checkpoint, path: str | Path, keep_previous: boo
 
 def load_checkpoint(path: str | Path, fallback: bool = False) -> Checkpoint:
     """Load safely (weights_only). With `fallback`, a damaged file gives way to `<path>.prev`.
-    A `.onnx` file (training.export) loads as an OnnxCheckpoint, run by onnxruntime."""
+    A `.onnx` file (training.export) loads as an OnnxCheckpoint, run by onnxruntime; a checkpoint with
+    its export beside it (`<name>.onnx`) carries that graph too, for serving its embeddings."""
     path = Path(path)
     if path.suffix.lower() == ".onnx":
         return load_onnx(path)  # imports onnxruntime, an optional dependency, only now
     try:
-        return _load(path)
+        checkpoint = _load(path)
     except CheckpointError as error:
         backup = previous_path(path)
-        if fallback and backup.exists():
-            print(f"warning: {error}; using the previous checkpoint {backup}")
-            return _load(backup)
-        raise
+        if not (fallback and backup.exists()):
+            raise
+        print(f"warning: {error}; using the previous checkpoint {backup}")
+        checkpoint = _load(backup)
+    graph = path.with_suffix(".onnx")
+    if graph.is_file():  # its export: the app serves embeddings with it (onnx_model.served checks it fits)
+        checkpoint.embedding_graph = graph.read_bytes()
+    return checkpoint
 
 
 def _load(path: Path) -> Checkpoint:

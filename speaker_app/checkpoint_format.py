@@ -9,6 +9,7 @@ an `OnnxCheckpoint` (`speaker_app.onnx_model`), a Checkpoint read from the graph
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 import torch
@@ -37,8 +38,12 @@ class Checkpoint:
     # (K, E) unit embeddings of training speakers that are not among `speakers` (for the default model,
     # their mean embeddings): the cohort that adaptive score normalisation compares each side of a trial with.
     cohort: torch.Tensor | None = None
+    # The ONNX export of these weights found beside the checkpoint file (`<name>.onnx`, training.export), which
+    # the app serves the embeddings with (`onnx_model.served`); never saved in the checkpoint itself.
+    embedding_graph: bytes | None = field(default=None, repr=False)
 
     def build_model(self) -> SpeakerModel:
+        """The torch network (for training and explanations; the app serves `onnx_model.served(checkpoint)`)."""
         model = build_model(self.model_config, len(self.speakers))
         try:
             model.load_state_dict(self.state_dict)
@@ -99,3 +104,16 @@ def check_cohort(cohort, emb_dim: int) -> None:
         raise CheckpointError(f"checkpoint's cohort must be a (K >= 2, {emb_dim}) tensor, got {shape}")
     if not cohort.dtype.is_floating_point or not torch.isfinite(cohort).all():
         raise CheckpointError("checkpoint's cohort must hold finite floating-point values")
+
+
+def hash_weights(digest, state_dict: dict[str, torch.Tensor]):
+    """Feed the weights, names and values, into a hashlib digest; returns it."""
+    for name, tensor in sorted(state_dict.items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest
+
+
+def weights_digest(state_dict: dict[str, torch.Tensor]) -> str:
+    """A hash of the weights, names and values (what an export's `weights` metadata holds)."""
+    return hash_weights(hashlib.sha256(), state_dict).hexdigest()

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint_format import Checkpoint, CheckpointError, check_cohort
+from .checkpoint_format import Checkpoint, CheckpointError, check_cohort, weights_digest
 from .features import FeatureConfig
 from .model import MarginHead, ModelConfig
 from .registry import build_model
@@ -78,14 +78,7 @@ class OnnxCheckpoint(Checkpoint):
     threads: int | None = None  # onnxruntime's intra-op threads; None: as many as torch uses
 
     def build_model(self) -> OnnxSpeakerModel:
-        ort = import_onnxruntime()
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = self.threads or torch.get_num_threads()
-        options.inter_op_num_threads = 1
-        try:
-            session = ort.InferenceSession(self.graph, options, providers=["CPUExecutionProvider"])
-        except Exception as error:  # onnxruntime raises its own Fail/InvalidGraph/InvalidArgument types
-            raise CheckpointError(f"onnxruntime cannot load this model: {str(error).splitlines()[0]}") from None
+        session = open_session(self.graph, self.threads)
         outputs = {o.name for o in session.get_outputs()}
         if not {"logits", "embedding", "raw_embedding"} <= outputs:
             raise CheckpointError(f"not a model of `python -m training.export`: outputs {sorted(outputs)}")
@@ -120,6 +113,59 @@ class OnnxCheckpoint(Checkpoint):
             raise CheckpointError(f"this model's head ({type(head).__name__}) does not reproduce the graph's logits "
                                   f"from its prototypes (max difference {difference:.2e})")
         return head.requires_grad_(False)
+
+
+class OnnxEmbedded(OnnxSpeakerModel):
+    """A torch SpeakerModel whose embeddings come from its own export in onnxruntime (1.5 times as fast on
+    one CPU thread); the head, the explanations (attention maps) and everything else are the torch model's."""
+
+    def __init__(self, model: nn.Module, session):
+        super().__init__(session, model.config, model.head)
+        self.torch_model = model
+
+    def __call__(self, features: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return self.head(self.embed(features, lengths))
+
+    def forward_intermediates(self, features, lengths):
+        return self.torch_model.forward_intermediates(features, lengths)
+
+    def __getattr__(self, name: str):  # members, frame_step, ...: the torch model's
+        if name == "torch_model":  # not set yet (copies, unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.torch_model, name)
+
+
+def served(checkpoint: Checkpoint):
+    """The model the app runs: the checkpoint's network, its embeddings computed by the export found beside
+    the checkpoint (`Checkpoint.embedding_graph`) when that graph holds these very weights and onnxruntime
+    loads it; otherwise, with a warning when there was a graph, the torch network alone."""
+    model = checkpoint.build_model()
+    if checkpoint.embedding_graph is None:
+        return model
+    try:
+        session = open_session(checkpoint.embedding_graph)
+    except CheckpointError as error:
+        print(f"warning: serving in torch: the export beside the checkpoint: {error}")
+        return model
+    exported = json.loads(session.get_modelmeta().custom_metadata_map.get("weights", '""'))
+    if exported != weights_digest(checkpoint.state_dict) or "raw_embedding" not in {
+            o.name for o in session.get_outputs()}:
+        print("warning: serving in torch: the .onnx file beside the checkpoint was exported from other weights "
+              "(export it again: python -m training.export)")
+        return model
+    return OnnxEmbedded(model, session)
+
+
+def open_session(graph: bytes, threads: int | None = None):
+    """An onnxruntime session on the CPU with `threads` intra-op threads (None: as many as torch uses)."""
+    ort = import_onnxruntime()
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    try:
+        return ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+    except Exception as error:  # onnxruntime raises its own Fail/InvalidGraph/InvalidArgument types
+        raise CheckpointError(f"onnxruntime cannot load this model: {str(error).splitlines()[0]}") from None
 
 
 def import_onnxruntime():

@@ -27,11 +27,13 @@ import torch.nn.functional as F
 
 from .batching import Batcher
 from .checkpoint import Checkpoint, CheckpointError, load_checkpoint
+from .checkpoint_format import hash_weights
 from .decisions import Decisions
 from .features import AudioError, FeatureError, check_features, features_from_array, read_audio
 from .files import TensorFileError, load_tensor_file
 from .gallery import Enrolled, Gallery, NameTaken, name_key, sanitise_name
 from .inference import infer, infer_explained
+from .onnx_model import served
 from .scoring import centroid, cosine
 from .speech import SpeechCheck, check_speech
 
@@ -125,10 +127,7 @@ class Verification:
 
 def fingerprint(checkpoint: Checkpoint) -> str:
     """Which embeddings a model makes: its weights, and its embedding windows when it has them."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(checkpoint.state_dict.items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    digest = hash_weights(hashlib.sha256(), checkpoint.state_dict)
     if checkpoint.model_config.window_frames:
         digest.update(f"window_frames={checkpoint.model_config.window_frames}".encode())
     return digest.hexdigest()[:16]
@@ -137,7 +136,7 @@ def fingerprint(checkpoint: Checkpoint) -> str:
 class Recognizer:
     def __init__(self, checkpoint: Checkpoint, gallery_path: str | Path | None = None):
         self.checkpoint = checkpoint
-        self.model = checkpoint.build_model()
+        self.model = served(checkpoint)
         self.features_config = checkpoint.feature_config
         self.calibration = checkpoint.info.get("calibration") or {}
         scale = float(getattr(self.model.head, "scale", 30.0))

@@ -9,6 +9,7 @@ when the architecture changes.
 
 import json
 import sys
+from dataclasses import replace
 
 import numpy as np
 import onnxruntime
@@ -19,9 +20,9 @@ from gradio_client import handle_file
 import app
 from speaker_app.checkpoint import Checkpoint, CheckpointError, load_checkpoint, save_checkpoint
 from speaker_app.features import FeatureConfig, features_from_file
-from speaker_app.inference import infer
+from speaker_app.inference import infer, infer_explained
 from speaker_app.model import ModelConfig
-from speaker_app.onnx_model import OnnxCheckpoint
+from speaker_app.onnx_model import OnnxCheckpoint, OnnxEmbedded
 from speaker_app.recognizer import Recognizer
 from speaker_app.registry import build_model
 from tests.conftest import EXAMPLES
@@ -152,9 +153,49 @@ def test_a_cohort_travels_in_the_metadata_and_scores_alike(tmp_path):
     assert torch.allclose(ours.scores(embedding)[1], theirs.scores(theirs.embed(features))[1], atol=1e-3)
 
 
+def in_torch(path) -> Checkpoint:
+    """The checkpoint at `path` without the export found beside it: served by torch alone."""
+    checkpoint = load_checkpoint(path)
+    checkpoint.embedding_graph = None
+    return checkpoint
+
+
+def test_a_checkpoint_is_served_by_the_export_beside_it(tmp_path, speech):
+    """Same answers as torch, windows and explanations included; attention maps still come from torch."""
+    checkpoint = random_checkpoint(replace(CONFIGS["default-architecture"], window_frames=120))
+    save_checkpoint(checkpoint, tmp_path / "model.pt")
+    assert not isinstance(Recognizer(load_checkpoint(tmp_path / "model.pt")).model, OnnxEmbedded)
+    export.export(checkpoint, tmp_path / "model.onnx")
+    served, plain = Recognizer(load_checkpoint(tmp_path / "model.pt")), Recognizer(in_torch(tmp_path / "model.pt"))
+    assert isinstance(served.model, OnnxEmbedded) and served.fingerprint == plain.fingerprint
+    ours, theirs = infer(served.model, speech), infer(plain.model, speech)
+    assert (ours.logits - theirs.logits).abs().max() < 1e-3
+    assert (ours.embeddings - theirs.embeddings).abs().max() < 1e-4
+    (answer, insides), (expected, _) = (infer_explained(r.model, speech) for r in (served, plain))
+    assert (answer.embeddings - expected.embeddings).abs().max() < 1e-4
+    assert [tuple(i.pooling.shape) for i in insides] == [(19,), (200,), (750,)]
+
+
+def test_an_export_of_other_weights_is_not_served(tmp_path, capsys):
+    save_checkpoint(random_checkpoint(CONFIGS["default-architecture"]), tmp_path / "model.pt")
+    other = random_checkpoint(CONFIGS["default-architecture"])
+    other.state_dict = {k: v + 0.01 if v.is_floating_point() else v for k, v in other.state_dict.items()}
+    export.export(other, tmp_path / "model.onnx")
+    assert not isinstance(Recognizer(load_checkpoint(tmp_path / "model.pt")).model, OnnxEmbedded)
+    assert "exported from other weights" in capsys.readouterr().out
+    (tmp_path / "model.onnx").write_bytes(b"not a graph")
+    assert not isinstance(Recognizer(load_checkpoint(tmp_path / "model.pt")).model, OnnxEmbedded)
+    assert "serving in torch" in capsys.readouterr().out
+
+
+def test_the_shipped_export_holds_the_shipped_weights(default_checkpoint):
+    """checkpoints/default.onnx is default.pt's export: retrain without exporting again and this fails."""
+    assert isinstance(Recognizer(load_checkpoint(default_checkpoint)).model, OnnxEmbedded)
+
+
 def test_onnx_model_serves_the_recognizer_like_torch(exported, default_checkpoint, speech):
     """Prototypes, scale, open-set verdict, and long utterances pooled over chunks."""
-    torch_side, onnx_side = Recognizer(load_checkpoint(default_checkpoint)), Recognizer(load_checkpoint(exported))
+    torch_side, onnx_side = Recognizer(in_torch(default_checkpoint)), Recognizer(load_checkpoint(exported))
     assert (onnx_side.prototypes - torch_side.prototypes).abs().max() < 1e-5
     assert onnx_side.model.head.scale == torch_side.model.head.scale
     assert onnx_side.threshold == torch_side.threshold

@@ -15,7 +15,9 @@ utterance at a time:
   `prototypes` (C, E), unit norm, the known speakers for open-set scoring.
 - metadata (JSON strings, `metadata_props`): `speakers`, `feature_config`,
   `model_config`, `info` (calibration, training data, evaluation), `metrics`,
-  `step`, `format_version`, `exported_from`, and `cohort` when the checkpoint
+  `step`, `format_version`, `exported_from`, `weights` (the checkpoint's
+  `weights_digest`: the app serves a checkpoint's embeddings with the export
+  beside it, `<name>.onnx`, only when these match), and `cohort` when the checkpoint
   carries one (score normalisation): `{"shape": [K, E], "float32_base64": ...}`,
   little-endian float32.
 
@@ -41,6 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from speaker_app.checkpoint import Checkpoint, CheckpointError, load_checkpoint
+from speaker_app.checkpoint_format import weights_digest
 from speaker_app.files import atomic_write
 
 FORMAT_VERSION = 1
@@ -118,7 +121,8 @@ def add_metadata(proto, checkpoint: Checkpoint, source: str) -> None:
     """Everything the app shows and needs, as JSON strings in the model's metadata."""
     values = {"format_version": FORMAT_VERSION, "exported_from": source, "speakers": checkpoint.speakers,
               "feature_config": checkpoint.feature_config.to_dict(), "model_config": checkpoint.model_config.to_dict(),
-              "info": checkpoint.info, "metrics": checkpoint.metrics, "step": checkpoint.step}
+              "info": checkpoint.info, "metrics": checkpoint.metrics, "step": checkpoint.step,
+              "weights": weights_digest(checkpoint.state_dict)}
     if checkpoint.cohort is not None:
         values["cohort"] = encode_tensor(checkpoint.cohort)
     del proto.metadata_props[:]
