@@ -17,6 +17,7 @@ def shipped(default_checkpoint):
 def test_loads_with_weights_only_and_stays_small(default_checkpoint):
     raw = torch.load(default_checkpoint, map_location="cpu", weights_only=True)  # raises on any pickled object
     assert isinstance(raw, dict) and default_checkpoint.stat().st_size < 20 * 2**20
+    assert default_checkpoint.with_suffix(".onnx").stat().st_size < 20 * 2**20  # its export, which the app embeds with
 
 
 def test_has_the_31_speakers_of_the_speech_folder(shipped):

@@ -264,3 +264,15 @@ def test_bad_files_and_arguments(tmp_path, capsys):
     with pytest.raises(SystemExit):
         export.main(["--checkpoint", str(tmp_path / "m.pt"), "--out", str(tmp_path / "x.onnx"), "--opset", "17"])
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_the_default_model_pipeline_writes_the_export_the_app_serves(tmp_path, monkeypatch, capsys):
+    from training import default_model
+
+    checkpoint = random_checkpoint(CONFIGS["default-architecture"])
+    save_checkpoint(checkpoint, tmp_path / "model.pt")
+    default_model.write_export(checkpoint, tmp_path / "model.onnx")
+    assert isinstance(Recognizer(load_checkpoint(tmp_path / "model.pt")).model, OnnxEmbedded)
+    monkeypatch.setitem(sys.modules, "onnxscript", None)  # the exporter missing: no stale export stays behind
+    default_model.write_export(checkpoint, tmp_path / "model.onnx")
+    assert not (tmp_path / "model.onnx").exists() and "serves it in torch" in capsys.readouterr().out

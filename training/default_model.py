@@ -18,7 +18,8 @@ CORPUS is the many-speaker corpus that ../shared/corpora/build.sh makes.
    trained on in either step) as the known speakers' trials;
 5. evaluate: the 31 speakers' held-out clips, and enrollment of the test half of
    the development speakers (5 clips each); write the checkpoint with its
-   evaluation, calibration and data provenance inside.
+   evaluation, calibration and data provenance inside, and its ONNX export
+   beside it (`OUT.onnx`), which the app embeds with.
 
 Every step resumes or reuses what an earlier run of this command left in --work, so
 the trainings of steps 2 and 3 may be run first on their own, for example in two processes, which
@@ -241,6 +242,20 @@ def trained_final(args, data: Path, known: list[str]) -> tuple[Checkpoint, Train
     return known_only(final, known), config, len(trained_model.speakers)
 
 
+def write_export(checkpoint: Checkpoint, path: Path) -> None:
+    """The export the app embeds with, beside the checkpoint (`speaker_app.onnx_model.served`); an export of
+    other weights left there would only be ignored, so it goes when this one cannot be made."""
+    try:
+        from training.export import export
+
+        export(checkpoint, path, source=path.with_suffix(".pt").name)
+        print(f"wrote {path}: the app embeds with it")
+    except ImportError as error:
+        path.unlink(missing_ok=True)
+        print(f"note: no ONNX export beside the checkpoint ({error}; pip install -r requirements-dev.txt): "
+              "the app serves it in torch")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.default_model", description=__doc__.split("\n\n")[0])
     parser.add_argument("--speech", type=Path, default=Path("../shared/speech"))
@@ -321,6 +336,7 @@ def main(argv=None) -> int:
             "python -m training.default_model --speech ../shared/speech --corpus CORPUS --recalibrate CKPT")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(checkpoint, args.out)
+    write_export(checkpoint, args.out.with_suffix(".onnx"))
     report = {k: checkpoint.info[k] for k in ("evaluation", "new_speakers", "calibration")}
     if not args.recalibrate:
         report["training_time_s"] = sum(load_checkpoint(args.work / run / "last.pt").metrics.get("elapsed_s", 0)
