@@ -9,7 +9,9 @@ enrolled give 1, 3 or 5 clips, or one 20-30 s recording, to `Recognizer.enroll`,
 clips, and the strangers' first 8, are identified at the checkpoint's shipped decisions. It
 reports enrolled clips named correctly, wrongly and "unknown", strangers' clips named, per source
 and overall, the DET trade-off (named correctly at 1, 2 and 5 % of strangers named), and the 31
-speakers' held-out clips with the 5-clip gallery enrolled. Resemblyzer runs the same plan
+speakers' held-out clips with the 5-clip gallery enrolled; and, for 5 clips and one recording,
+galleries of 1, 3, 10 and 30 of the enrolled speakers (the thresholds depend on the gallery's
+size). Resemblyzer runs the same plan
 (cosine against the mean of its enrollment embeddings; for the recording, of the clips joined
 into it) with its threshold set on the calibration half to name at most the share of strangers
 our decisions are calibrated for. It rewrites the `gallery` section of bench/RESULTS.md.
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import random
 import sys
 import tempfile
 import time
@@ -41,6 +44,8 @@ from . import common
 
 PEER = "Resemblyzer"
 MAX_CLIPS = 40  # per speaker, seeded, as bench.new_voices (so Resemblyzer's cache serves both)
+GALLERY_SIZES, DRAWS = (1, 3, 10, 30), 3  # smaller galleries drawn from the enrolled half
+BY_SIZE = ("5 clips", "one recording")  # the enrollments measured in smaller galleries
 
 
 class Split(NamedTuple):
@@ -69,10 +74,9 @@ def load_split(checkpoint: Checkpoint, audio_dir: Path, speakers: list[str], max
     return Split(clips, embedded, [len(f) * frame_seconds for f in features], [check_speech(f).speech for f in features])
 
 
-def ours(checkpoint: Checkpoint, split: Split, enrollment: str, known: Split | None) -> tuple[list[Outcome], float]:
-    """Our outcomes on `split` with `enrollment`, and the share of the known speakers' clips named correctly
-    with that gallery enrolled (NaN without them)."""
-    the_plan = split.plan(enrollment)
+def ours(checkpoint: Checkpoint, split: Split, the_plan: Plan, known: Split | None = None) -> tuple[list[Outcome], float]:
+    """Our outcomes on `split` with `the_plan`'s speakers enrolled, and the share of the known speakers' clips
+    named correctly with that gallery enrolled (NaN without them)."""
     with tempfile.TemporaryDirectory() as folder:
         recognizer = Recognizer(checkpoint, Path(folder) / "gallery.json")
         names = enroll_plan(recognizer, the_plan, split.embedded.features)
@@ -86,6 +90,18 @@ def ours(checkpoint: Checkpoint, split: Split, enrollment: str, known: Split | N
             known_correct = sum(heard[r].best is not None and heard[r].best.name == known.clips[r].speaker
                                 for r in rows) / len(rows)
     return outcomes(the_plan, split.speakers, said, names), known_correct
+
+
+def smaller_galleries(the_plan: Plan, speakers: list[str], sizes=GALLERY_SIZES, draws: int = DRAWS) -> list[Plan]:
+    """Galleries of `sizes` of the plan's enrolled speakers (seeded draws), each tested on its speakers' next
+    clips and on every stranger's: a visitor alone, a family, a team."""
+    enrolled, plans = sorted(the_plan.enrolled), []
+    for size in sizes:
+        for draw in range(draws):
+            chosen = set(random.Random(f"{size}/{draw}").sample(enrolled, min(size, len(enrolled))))
+            plans.append(Plan(the_plan.enrollment, {s: the_plan.enrolled[s] for s in sorted(chosen)},
+                              [r for r in the_plan.targets if speakers[r] in chosen], the_plan.strangers))
+    return plans
 
 
 def peer_embeddings(split: Split, audio_dir: Path, cache: Path) -> torch.Tensor:
@@ -110,8 +126,9 @@ def percent(value: float) -> str:
     return "-" if math.isnan(value) else f"{100 * value:.1f}%"
 
 
-def report(args, results: dict, known: dict, counts: dict, wall_s: float) -> str:
-    """results: {(model, enrollment): outcomes}; known: {enrollment: share of known clips named correctly}."""
+def report(args, results: dict, known: dict, counts: dict, wall_s: float, by_size: dict) -> str:
+    """results: {(model, enrollment): outcomes}; known: {enrollment: share of known clips named correctly};
+    by_size: {(enrollment, gallery size): outcomes of its drawn galleries}."""
     overall = {key: rates(found)["all"] for key, found in results.items()}
     headline = overall[("ours", "5 clips")]
     lines = [common.header("Gallery: unseen speakers enrolled through the app", wall_s),
@@ -142,6 +159,18 @@ def report(args, results: dict, known: dict, counts: dict, wall_s: float) -> str
                                     percent(r["wrong"]), percent(r["unknown"]), percent(r["strangers_named"])])
     lines.append(common.table(["source", "model", "clips: enrolled / strangers", "correct", "wrong", "unknown",
                                "strangers named"], source_rows))
+    size_rows = []
+    for (enrollment, size), found in by_size.items():
+        r = rates(found)["all"]
+        size_rows.append([enrollment, size, r["targets"], percent(r["correct"]), percent(r["wrong"]),
+                          percent(r["unknown"]), percent(r["strangers_named"])])
+    if size_rows:
+        lines += ["", "### Smaller galleries (ours)", "",
+                  f"Galleries of {', '.join(map(str, GALLERY_SIZES))} speakers drawn from the enrolled half ({DRAWS} "
+                  "draws each), enrolled the same way; each gallery's speakers' next clips and every stranger's "
+                  "clips identified. The decisions' thresholds depend on the gallery's size.", "",
+                  common.table(["enrollment", "enrolled speakers", "enrolled clips", "correct", "wrong", "unknown",
+                                "strangers named"], size_rows)]
     return "\n".join(lines) + "\n"
 
 
@@ -177,9 +206,15 @@ def main(argv=None) -> int:
         clips, features, _ = decoded([Clip(c.rsplit("/", 1)[0], c) for c in held_out], args.speech,
                                      checkpoint.feature_config)
         known = Split(clips, embed_ours(checkpoint, features), [], [])
-    results, known_correct = {}, {}
+    results, known_correct, by_size = {}, {}, {}
     for enrollment in ENROLLMENTS:
-        results[("ours", enrollment)], known_correct[enrollment] = ours(checkpoint, test, enrollment, known)
+        the_plan = test.plan(enrollment)
+        results[("ours", enrollment)], known_correct[enrollment] = ours(checkpoint, test, the_plan, known)
+        if enrollment in BY_SIZE:
+            for gallery in smaller_galleries(the_plan, test.speakers):
+                found, _ = ours(checkpoint, test, gallery)
+                by_size.setdefault((enrollment, len(gallery.enrolled)), []).extend(found)
+            by_size[(enrollment, f"all {len(the_plan.enrolled)}")] = results[("ours", enrollment)]
     if not args.no_resemblyzer:
         calibration = load_split(checkpoint, args.audio_dir, speakers("calibration"), args.max_clips, embed=False)
         calibration_peer = peer_embeddings(calibration, args.audio_dir, args.cache)
@@ -188,7 +223,7 @@ def main(argv=None) -> int:
             results[(PEER, enrollment)] = peer(calibration, calibration_peer, test, test_peer, enrollment)
     counts = {"speakers": len(set(test.speakers)), "clips": len(test.clips),
               "sources": len({source_of(s) for s in test.speakers})}
-    text = report(args, results, known_correct, counts, time.perf_counter() - started)
+    text = report(args, results, known_correct, counts, time.perf_counter() - started, by_size)
     common.write_section("gallery", text, None if args.quick else args.results)
     return 0
 

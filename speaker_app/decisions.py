@@ -15,7 +15,9 @@ speakers (scored by prototype) and one for enrolled speakers (scored by voicepri
 and may let the enrolled speakers' threshold move with what is known at decision
 time: the seconds of speech in the clip and in the speaker's enrollment
 (`per_log_test_seconds`, `per_log_enroll_seconds`: the change per unit of their
-natural logarithms, from the threshold at `reference_seconds`). Probabilities shown to people are
+natural logarithms, from the threshold at `reference_seconds`), and with how many speakers
+are enrolled (`gallery_thresholds`: [[size, threshold], ...], the threshold at the reference
+durations per calibrated gallery size; `threshold` is the largest one's). Probabilities shown to people are
 P(known) = sigmoid(slope * (best score - identification threshold)), so a speaker
 is named exactly when P(known) >= 50%, times a softmax over the speakers' scores
 at the fitted temperature; the rest, 1 - P(known), is "unknown speaker".
@@ -58,19 +60,38 @@ class Rule:
     per_log_test_seconds: float = 0.0
     per_log_enroll_seconds: float = 0.0
     seconds_range: dict[str, tuple[float, float]] | None = None  # per "test" / "enroll"; None: SECONDS_RANGE
+    # (enrolled speakers, threshold) pairs, sizes rising: the enrolled speakers' threshold at the reference durations
+    # for a gallery of that size; None: `threshold` whatever the size
+    gallery_thresholds: tuple[tuple[int, float], ...] | None = None
 
     @property
     def summary(self) -> str:
         return self.rule or self.method
 
     def threshold_for(self, enrolled: bool, test_seconds: float = REFERENCE_SECONDS["test"],
-                      enroll_seconds: float = REFERENCE_SECONDS["enroll"]) -> float:
+                      enroll_seconds: float = REFERENCE_SECONDS["enroll"], gallery_size: int | None = None) -> float:
         """The threshold a candidate's score must reach: a known speaker's, or an enrolled one's given the
-        clip's and the enrollment's seconds of speech (NaN or unknown: the reference)."""
+        clip's and the enrollment's seconds of speech (NaN or unknown: the reference) and how many speakers are
+        enrolled (None: the largest gallery calibrated, the most cautious)."""
         if not enrolled:
             return self.threshold if self.known_threshold is None else self.known_threshold
-        return (self.threshold + self.per_log_test_seconds * self._log_ratio(test_seconds, "test")
+        return (self.for_gallery(gallery_size) + self.per_log_test_seconds * self._log_ratio(test_seconds, "test")
                 + self.per_log_enroll_seconds * self._log_ratio(enroll_seconds, "enroll"))
+
+    def for_gallery(self, size: int | None) -> float:
+        """The enrolled speakers' threshold at the reference durations for a gallery of `size`: between two
+        calibrated sizes linear in log(size), held at the smallest and the largest (a stranger meets more voices in
+        a larger gallery, so its threshold is higher; past the largest the rise has flattened)."""
+        points = self.gallery_thresholds
+        if not points or size is None:
+            return self.threshold
+        sizes, thresholds = [math.log(n) for n, _ in points], [t for _, t in points]
+        x = math.log(min(max(size, points[0][0]), points[-1][0]))
+        upper = next(i for i, value in enumerate(sizes) if value >= x)
+        if upper == 0 or sizes[upper] == x:
+            return thresholds[upper]
+        share = (x - sizes[upper - 1]) / (sizes[upper] - sizes[upper - 1])
+        return thresholds[upper - 1] + share * (thresholds[upper] - thresholds[upper - 1])
 
     def _log_ratio(self, seconds: float, kind: str) -> float:
         if not math.isfinite(seconds) or seconds <= 0:
@@ -164,6 +185,9 @@ def _rule(record: dict | None, score: str) -> Rule:
         return Rule(DEFAULT_THRESHOLD[score], f"a default for {score} scores: this checkpoint is not calibrated", False)
     known = record.get("known_threshold")
     ranges = {kind: (float(low), float(high)) for kind, (low, high) in record.get("seconds_range", {}).items()}
+    by_size = tuple((int(n), float(t)) for n, t in record.get("gallery_thresholds") or [])
+    if any(n < 1 for n, _ in by_size) or [n for n, _ in by_size] != sorted({n for n, _ in by_size}):
+        raise ValueError(f"gallery_thresholds must be (size >= 1, threshold) pairs of rising sizes, got {by_size}")
     return Rule(float(record["threshold"]), record.get("method") or "calibrated", True, record.get("rule") or "",
                 None if known is None else float(known), float(record.get("per_log_test_seconds", 0.0)),
-                float(record.get("per_log_enroll_seconds", 0.0)), ranges or None)
+                float(record.get("per_log_enroll_seconds", 0.0)), ranges or None, by_size or None)

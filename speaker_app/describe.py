@@ -50,6 +50,9 @@ def identification_note(recognizer: Recognizer, brief: bool = False) -> str:
             which += (f" (at {REFERENCE_SECONDS['test']:g} s of speech enrolled from {REFERENCE_SECONDS['enroll']:g} s; "
                       f"{rule.per_log_test_seconds:+.2f} and {rule.per_log_enroll_seconds:+.2f} per unit of the log of "
                       f"each{within})")
+        if rule.gallery_thresholds:
+            steps = ", ".join(f"{t:.2f} with {n}" for n, t in rule.gallery_thresholds)
+            which += f"; the enrolled speakers' falls with fewer of them enrolled: {steps} enrolled"
     text = f"{which} ({score_name(recognizer.scorer.kind)}): {rule.summary if brief else rule.method}"
     return text if rule.calibrated else text + "; names are a rough guide"
 

@@ -348,7 +348,7 @@ class Recognizer:
         Each known speaker (by prototype) and each enrolled speaker (by the mean of
         their clips' embeddings) gets the decision score; the best is named when it
         reaches its threshold (a known speaker's, or an enrolled speaker's given the
-        clip's and the enrollment's seconds of speech: `Rule.threshold_for`) and the
+        clip's and the enrollment's seconds of speech and the gallery's size: `Rule.threshold_for`) and the
         input is speech. Probabilities: P(known) from the best score's distance to that
         threshold, shared among the speakers by a softmax at the fitted temperature;
         1 - P(known) is `unknown`.
@@ -366,7 +366,7 @@ class Recognizer:
         names, scores, cosines, flags, enrolled_seconds = scored
         best_index = int(scores.argmax())
         threshold = self.decisions.identification.threshold_for(flags[best_index], seconds,
-                                                                enrolled_seconds[best_index])
+                                                                enrolled_seconds[best_index], sum(flags))
         best_score = float(scores[best_index])
         p_known = self.decisions.p_known(best_score, threshold) if is_speech else 0.0
         probabilities = p_known * self.decisions.shares(scores)

@@ -149,3 +149,55 @@ def test_an_enrollment_clip_unlike_the_others_is_pointed_out(tmp_path):
     assert len(advice) == 1 and advice[0].startswith("clip 4 does not sound like the rest")
     assert recognizer.enrollment_advice(torch.stack(same), ["a", "b", "c"], 30.0) == []
     assert "only 4.0 s of speech" in recognizer.enrollment_advice(torch.stack(same), ["a", "b", "c"], 4.0)[0]
+
+
+def sized_answers(n: int = 3000, seed: int = 0) -> gc.Answers:
+    """Galleries of 1 and 30 speakers: a stranger's best candidate scores higher in the larger one, where it
+    meets more voices; enrolled speakers' clips score the same in both."""
+    g = torch.Generator().manual_seed(seed)
+    kind = torch.tensor([gc.TARGET, gc.STRANGER, gc.KNOWN] * (n // 3)).repeat(2)
+    gallery = torch.tensor([1.0] * (3 * (n // 3)) + [30.0] * (3 * (n // 3)))
+    noise = torch.randn(len(kind), generator=g)
+    best = torch.where(kind == gc.STRANGER, torch.where(gallery == 1, 2.0, 4.0) + 0.5 * noise,
+                       torch.where(kind == gc.TARGET, 5.0 + 1.0 * noise, 9.0 + 0.5 * noise))
+    zeros = torch.zeros(len(kind))
+    return gc.Answers(best, kind != gc.KNOWN, kind != gc.STRANGER, kind, zeros, zeros, gallery,
+                      torch.where(kind == gc.TARGET, 15.0, math.nan), ["5 clips"] * len(kind))
+
+
+def test_each_gallery_size_gets_the_lowest_threshold_its_strangers_allow():
+    answers = sized_answers()
+    choice, _ = gc.choose(answers, max_strangers_named=0.02, min_known_correct=0.97, grid=(0.0,))
+    one, _ = gc.choose(answers, max_strangers_named=0.02, min_known_correct=0.97, grid=(0.0,), by_size=False)
+    (small, low), (large, high) = choice.by_size
+    assert (small, large) == (1, 30) and low < high - 1.5 and choice.threshold == high == one.threshold
+    for size in (1, 30):
+        assert gc.measured(answers, choice, answers.gallery == size)["strangers_named"] <= 0.02
+    alone = answers.gallery == 1
+    assert gc.measured(answers, choice, alone)["enrolled_correct"] > gc.measured(answers, one, alone)["enrolled_correct"] + 0.3
+    # A larger gallery never gets a lower threshold, even where its strangers happen to score lower.
+    flipped = answers._replace(gallery=torch.where(answers.gallery == 1, 30.0, 1.0))
+    (_, low), (_, high) = gc.choose(flipped, 0.02, 0.97, grid=(0.0,))[0].by_size
+    assert low == high
+
+
+def test_the_app_lowers_the_enrolled_threshold_for_a_small_gallery(tmp_path):
+    identification = {"threshold": 0.8, "known_threshold": 0.7, "gallery_thresholds": [[1, 0.6], [3, 0.8]],
+                      "method": "made up"}
+    calibration = {**CALIBRATION, "identification": identification}
+    rule = Decisions.from_calibration(calibration, Scorer()).identification
+    assert rule.for_gallery(1) == 0.6 and rule.for_gallery(3) == 0.8 and rule.for_gallery(50) == 0.8  # held
+    assert rule.for_gallery(2) == pytest.approx(0.6 + 0.2 * math.log(2) / math.log(3))  # linear in log size
+    assert rule.threshold_for(True) == 0.8 and rule.threshold_for(False, gallery_size=1) == 0.7
+    recognizer = Recognizer(checkpoint(calibration), tmp_path / "gallery.json")
+    recognizer.gallery.add("ann", axis(4), 1, clip_embeddings=axis(4)[None], seconds=15.0)
+    embedding = 0.7 * axis(4) + math.sqrt(1 - 0.7 ** 2) * axis(5)  # over 0.6, under 0.8
+    assert recognizer.decide(embedding, torch.zeros(3), 3.0, [], 3).best.name == "ann"
+    for i, name in enumerate(["bob", "cid"]):
+        voice = F.normalize(axis(3) + (i + 1) * axis(5), dim=-1)
+        recognizer.gallery.add(name, voice, 1, clip_embeddings=voice[None], seconds=15.0)
+    assert recognizer.decide(embedding, torch.zeros(3), 3.0, [], 3).best is None  # three enrolled: 0.8
+    assert "0.60 with 1, 0.80 with 3 enrolled" in describe.identification_note(recognizer)
+    with pytest.raises(ValueError, match="rising sizes"):
+        Decisions.from_calibration({**calibration, "identification": {**identification, "gallery_thresholds":
+                                                                      [[3, 0.8], [1, 0.6]]}}, Scorer())

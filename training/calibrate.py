@@ -209,6 +209,7 @@ def gallery_identification(trials: OpenSet, prototypes: torch.Tensor, scorer: Sc
     ranges = gallery_calibration.seconds_ranges(unseen)
     answers = gallery_calibration.simulate(scorer, prototypes, known, trials.known_labels, unseen, ranges=ranges)
     choice, tried = gallery_calibration.choose(answers, max_strangers_named, min_known_correct)
+    one, _ = gallery_calibration.choose(answers, max_strangers_named, min_known_correct, by_size=False)
     rates = gallery_calibration.measured(answers, choice)
     plain = max((t for t in tried if not t["choice"].per_log_test_seconds and not t["choice"].per_log_enroll_seconds),
                 key=lambda t: t["enrolled_correct"])
@@ -219,15 +220,17 @@ def gallery_identification(trials: OpenSet, prototypes: torch.Tensor, scorer: Sc
              if choice.per_log_test_seconds or choice.per_log_enroll_seconds else "")
     known_goal = (f"at least {min_known_correct:.0%}" if rates["known_correct"] >= min_known_correct
                   else f"{rates['known_correct']:.1%} (its top-1 falls short of {min_known_correct:.0%})")
+    steps = ", ".join(f"{t:.2f} for {n}" for n, t in choice.by_size)
     rule = (f"two thresholds, set with 1 to {sizes[-1]} unseen speakers enrolled: the model's speakers' names "
-            f"{known_goal} of their validation clips correctly, the enrolled speakers' (the lowest that "
-            f"names at most {max_strangers_named:.0%} of strangers' clips in galleries of every size) names the most enrolled speakers' clips "
-            f"correctly among {len(tried)} rules{terms}")
+            f"{known_goal} of their validation clips correctly, the enrolled speakers' (per gallery size, the "
+            f"lowest that names at most {max_strangers_named:.0%} of its strangers' clips: {steps} enrolled) names "
+            f"the most enrolled speakers' clips correctly among {len(tried)} rules{terms}")
     unseen_info = speakers_and_sources(unseen)
     record = {
         "threshold": choice.threshold, "known_threshold": choice.known_threshold,
         "per_log_test_seconds": choice.per_log_test_seconds,
         "per_log_enroll_seconds": choice.per_log_enroll_seconds, "rule": rule,
+        "gallery_thresholds": [list(pair) for pair in choice.by_size],
         "seconds_range": {kind: list(bounds) for kind, bounds in ranges.items()},
         "method": (f"{rule}; measured on galleries of {', '.join(map(str, sizes))} of {unseen_info['speakers']} unseen "
                    f"speakers ({', '.join(unseen_info['sources'])}) enrolled from 1, 3 or 5 clips or one "
@@ -238,15 +241,19 @@ def gallery_identification(trials: OpenSet, prototypes: torch.Tensor, scorer: Sc
         "goals": {"max_strangers_named": max_strangers_named, "min_known_correct": min_known_correct},
         "measured": rates, "plain_threshold": {"threshold": plain["choice"].threshold,
                                                **{k: v for k, v in plain.items() if k != "choice"}},
+        "one_threshold_for_all_sizes": {"threshold": one.threshold, **gallery_calibration.measured(answers, one),
+                                        "by_gallery_size": gallery_calibration.by_group(answers, one)["gallery_size"]},
         "by": gallery_calibration.by_group(answers, choice),
         "trials": {"answers": len(answers.best), "galleries": len(set(zip(answers.gallery.tolist(), answers.enrollment))),
                    "known_clips": len(known.speakers), "unseen_clips": len(unseen.speakers)},
         "unseen": unseen_info, "known": speakers_and_sources(known),
     }
-    thresholds = torch.where(answers.enrolled, choice.threshold + choice.per_log_test_seconds * answers.log_test
-                             + choice.per_log_enroll_seconds * answers.log_enroll, torch.tensor(choice.known_threshold))
+    thresholds = torch.where(answers.enrolled, gallery_calibration.thresholds_of(answers, choice)
+                             + choice.per_log_test_seconds * answers.log_test
+                             + choice.per_log_enroll_seconds * answers.log_enroll,
+                             torch.tensor(choice.known_threshold, dtype=torch.float64))
     fitted = (answers.kind == gallery_calibration.STRANGER) | answers.correct
-    return record, (answers.best - thresholds)[fitted], (answers.kind != gallery_calibration.STRANGER)[fitted], \
+    return record, (answers.best - thresholds).float()[fitted], (answers.kind != gallery_calibration.STRANGER)[fitted], \
         gallery_calibration.enrollment_seconds_advice(answers, choice)
 
 

@@ -6,14 +6,17 @@ enrollment (1, 3 or 5 clips, one recording), and galleries of GALLERY_SIZES of t
 half are drawn. Each test clip (an enrolled speaker's next clips, a stranger's clips, a known
 speaker's validation clip) is scored as the app scores it, against the model's speakers and the
 gallery, and its best candidate is kept: who, the score, and what is known when deciding (the
-clip's seconds of speech; the candidate's enrollment seconds).
+clip's seconds of speech; the candidate's enrollment seconds; the gallery's size).
 
 The rule names the best candidate when its score reaches a threshold: for the model's own
 speakers, the highest one that still names `min_known_correct` of their validation clips
-correctly; for enrolled speakers, `threshold + a * log(test s / 3) + b * log(enrollment s / 15)`
-where (a, b) come from a grid (a = b = 0 is a plain threshold) and the threshold is the lowest
-that names at most `max_strangers_named` of the strangers' clips in the galleries of every size. The
-(a, b) that names the most enrolled speakers' clips correctly wins. Both terms hold the seconds to
+correctly; for enrolled speakers, `threshold(gallery size) + a * log(test s / 3) + b * log(enrollment s / 15)`
+where (a, b) come from a grid (a = b = 0 is a plain threshold) and the threshold of each gallery
+size is the lowest that names at most `max_strangers_named` of the strangers' clips in galleries
+of that size, never lower than a smaller gallery's: a stranger meets more voices in a larger one,
+and a visitor enrolled alone is named at a far lower threshold than a gallery of 80 needs. The app
+interpolates between the calibrated sizes (`decisions.Rule.for_gallery`). The (a, b) that names
+the most enrolled speakers' clips correctly wins. Both terms hold the seconds to
 the range the calibration saw (`seconds_ranges`: where the middle 98 % of its test clips' and
 enrollments' seconds lie), here and in the app, so a longer clip than any it saw is not given a
 threshold nobody measured.
@@ -124,16 +127,26 @@ def _gallery(scorer, prototypes, known, known_labels, unseen, the_plan, chosen, 
 
 
 class Choice(NamedTuple):
-    threshold: float  # enrolled speakers', at the reference durations
+    threshold: float  # enrolled speakers', at the reference durations (the largest gallery's with by_size)
     known_threshold: float
     per_log_test_seconds: float
     per_log_enroll_seconds: float
+    by_size: tuple[tuple[int, float], ...] = ()  # (gallery size, enrolled speakers' threshold) per calibrated size
 
 
 def named(answers: Answers, choice: Choice) -> torch.Tensor:
     """(N,) bool: the best candidate is named under `choice`."""
-    enrolled = adjusted(answers, choice.per_log_test_seconds, choice.per_log_enroll_seconds) >= choice.threshold
+    enrolled = adjusted(answers, choice.per_log_test_seconds, choice.per_log_enroll_seconds) >= thresholds_of(
+        answers, choice)
     return torch.where(answers.enrolled, enrolled, answers.best.double() >= choice.known_threshold)
+
+
+def thresholds_of(answers: Answers, choice: Choice) -> torch.Tensor:
+    """(N,) float64: the enrolled speakers' threshold at the reference durations in each answer's gallery."""
+    if not choice.by_size:
+        return torch.full(answers.best.shape, choice.threshold, dtype=torch.float64)
+    table = dict(choice.by_size)
+    return torch.tensor([table[int(n)] for n in answers.gallery.tolist()], dtype=torch.float64)
 
 
 def adjusted(answers: Answers, a: float, b: float) -> torch.Tensor:
@@ -173,38 +186,43 @@ def known_threshold(answers: Answers, min_known_correct: float) -> float:
     return (float(right[needed - 1]) + lower) / 2
 
 
-def subset(answers: Answers, mask: torch.Tensor) -> Answers:
-    return Answers(*(field[mask] for field in answers[:-1]), [e for e, m in zip(answers.enrollment, mask.tolist()) if m])
-
-
-def enrolled_threshold(answers: Answers, known: float, a: float, b: float, max_strangers_named: float) -> float:
-    """The lowest enrolled speakers' threshold (at the reference) that names at most that share of the strangers'
-    clips in galleries of every size (the largest, whose strangers meet the most voices, usually decide), those
-    named as a known speaker at `known` included."""
-    return max(_enrolled_threshold(subset(answers, answers.gallery == size), known, a, b, max_strangers_named)
-               for size in sorted(set(answers.gallery.tolist())))
-
-
-def _enrolled_threshold(answers: Answers, known: float, a: float, b: float, max_strangers_named: float) -> float:
+def enrolled_thresholds(answers: Answers, known: float, a: float, b: float,
+                        max_strangers_named: float) -> dict[int, float]:
+    """{gallery size: the lowest enrolled speakers' threshold (at the reference) that names at most that share of
+    its strangers' clips, those named as a known speaker at `known` included}, never lower for a larger gallery
+    (whose strangers meet more voices)."""
+    statistic = adjusted(answers, a, b)
     strangers = answers.kind == STRANGER
-    allowed = math.floor(max_strangers_named * int(strangers.sum()) + 1e-9)
-    allowed -= int((strangers & ~answers.enrolled & (answers.best >= known)).sum())
-    stat = adjusted(answers, a, b)[strangers & answers.enrolled].sort(descending=True).values
-    if allowed < 0:
-        raise ValueError("the known speakers' threshold alone names more strangers than allowed")
-    if allowed >= len(stat):
-        return float(stat[-1]) - 1.0 if len(stat) else 0.0
-    return float(torch.nextafter(stat[allowed], torch.tensor(math.inf, dtype=torch.float64)))
+    by_known = strangers & ~answers.enrolled & (answers.best >= known)
+    needed, highest = {}, -math.inf
+    for size in sorted({int(n) for n in answers.gallery.tolist()}):
+        rows = strangers & (answers.gallery == size)
+        allowed = math.floor(max_strangers_named * int(rows.sum()) + 1e-9) - int((by_known & rows).sum())
+        if allowed < 0:
+            raise ValueError("the known speakers' threshold alone names more strangers than allowed")
+        stat = statistic[rows & answers.enrolled].sort(descending=True).values
+        if allowed >= len(stat):
+            lowest = float(stat[-1]) - 1.0 if len(stat) else -math.inf
+        else:
+            lowest = float(torch.nextafter(stat[allowed], torch.tensor(math.inf, dtype=torch.float64)))
+        highest = max(highest, lowest)
+        needed[size] = highest
+    # Small galleries whose strangers never had an enrolled best candidate: the lowest threshold measured.
+    finite = [t for t in needed.values() if math.isfinite(t)]
+    return {size: t if math.isfinite(t) else min(finite, default=0.0) for size, t in needed.items()}
 
 
 def choose(answers: Answers, max_strangers_named: float = MAX_STRANGERS_NAMED,
-           min_known_correct: float = MIN_KNOWN_CORRECT, grid=GRID) -> tuple[Choice, list[dict]]:
-    """The rule, and every (a, b) tried with what it measured (the ablation)."""
+           min_known_correct: float = MIN_KNOWN_CORRECT, grid=GRID, by_size: bool = True) -> tuple[Choice, list[dict]]:
+    """The rule, and every (a, b) tried with what it measured (the ablation): with `by_size`, a threshold per
+    gallery size, else one for all sizes (the largest gallery's)."""
     known = known_threshold(answers, min_known_correct)
     tried = []
     for a in grid:
         for b in grid:
-            choice = Choice(enrolled_threshold(answers, known, a, b, max_strangers_named), known, a, b)
+            thresholds = enrolled_thresholds(answers, known, a, b, max_strangers_named)
+            choice = Choice(max(thresholds.values()), known, a, b,
+                            tuple(sorted(thresholds.items())) if by_size else ())
             tried.append({"choice": choice, **measured(answers, choice)})
     # The most enrolled clips named correctly; on a tie the simpler rule (smaller terms) wins.
     best = max(tried, key=lambda t: (round(t["enrolled_correct"], 6), -abs(t["choice"].per_log_test_seconds)
