@@ -171,8 +171,8 @@ def test_each_gallery_size_gets_the_lowest_threshold_its_strangers_allow():
     one, _ = gc.choose(answers, max_strangers_named=0.02, min_known_correct=0.97, grid=(0.0,), by_size=False)
     (small, low), (large, high) = choice.by_size
     assert (small, large) == (1, 30) and low < high - 1.5 and choice.threshold == high == one.threshold
-    for size in (1, 30):
-        assert gc.measured(answers, choice, answers.gallery == size)["strangers_named"] <= 0.02
+    for size, share in ((1, 0.02 * gc.SIZE_SHARE), (30, 0.02)):  # a size's own threshold keeps a margin
+        assert gc.measured(answers, choice, answers.gallery == size)["strangers_named"] <= share
     alone = answers.gallery == 1
     assert gc.measured(answers, choice, alone)["enrolled_correct"] > gc.measured(answers, one, alone)["enrolled_correct"] + 0.3
     # A larger gallery never gets a lower threshold, even where its strangers happen to score lower.

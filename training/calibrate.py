@@ -222,9 +222,10 @@ def gallery_identification(trials: OpenSet, prototypes: torch.Tensor, scorer: Sc
                   else f"{rates['known_correct']:.1%} (its top-1 falls short of {min_known_correct:.0%})")
     steps = ", ".join(f"{t:.2f} for {n}" for n, t in choice.by_size)
     rule = (f"two thresholds, set with 1 to {sizes[-1]} unseen speakers enrolled: the model's speakers' names "
-            f"{known_goal} of their validation clips correctly, the enrolled speakers' (per gallery size, the "
-            f"lowest that names at most {max_strangers_named:.0%} of its strangers' clips: {steps} enrolled) names "
-            f"the most enrolled speakers' clips correctly among {len(tried)} rules{terms}")
+            f"{known_goal} of their validation clips correctly, the enrolled speakers' (the lowest that names at "
+            f"most {max_strangers_named:.0%} of strangers' clips in galleries of every size, lower for a gallery "
+            f"whose own strangers allow it at a quarter of that: {steps} enrolled) names the most enrolled "
+            f"speakers' clips correctly among {len(tried)} rules{terms}")
     unseen_info = speakers_and_sources(unseen)
     record = {
         "threshold": choice.threshold, "known_threshold": choice.known_threshold,
