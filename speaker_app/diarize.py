@@ -295,12 +295,16 @@ class Diarization:
 
 def name_speakers(recognizer: Recognizer, windows: Windows, labels: np.ndarray, seconds: list[float],
                   top_k: int = 3) -> list[Identification]:
-    """Each label's answer by the rule of Identify: unit mean of its windows' embeddings, mean logits."""
+    """Each label's answer by the rule of Identify: unit mean of its windows' embeddings, mean logits, at the
+    largest calibrated gallery's threshold whatever the gallery's size: the smaller galleries' thresholds were
+    measured on clips, and on clusters they named 10% of strangers' speech against 4%
+    (bench/notes/2026-12-07-gallery-size.md)."""
     answers = []
     for label in range(int(labels.max()) + 1):
         chosen = torch.from_numpy(labels == label)
         embedding = F.normalize(windows.embeddings[chosen].mean(0), dim=-1)  # (E,)
-        answers.append(recognizer.decide(embedding, windows.logits[chosen].mean(0), seconds[label], [], top_k))
+        answers.append(recognizer.decide(embedding, windows.logits[chosen].mean(0), seconds[label], [], top_k,
+                                         by_gallery_size=False))
     return answers
 
 

@@ -342,13 +342,14 @@ class Recognizer:
         return Candidates(known + enrolled.names, scores, cosine(embedding[None], candidates)[0], flags, seconds)
 
     def decide(self, embedding: torch.Tensor, logits: torch.Tensor, seconds: float, notes: list[str],
-               top_k: int = 5, speech: SpeechCheck | None = None) -> Identification:
+               top_k: int = 5, speech: SpeechCheck | None = None, by_gallery_size: bool = True) -> Identification:
         """One clip's answer from its (E,) unit embedding, (C,) logits and seconds of speech.
 
         Each known speaker (by prototype) and each enrolled speaker (by the mean of
         their clips' embeddings) gets the decision score; the best is named when it
         reaches its threshold (a known speaker's, or an enrolled speaker's given the
-        clip's and the enrollment's seconds of speech and the gallery's size: `Rule.threshold_for`) and the
+        clip's and the enrollment's seconds of speech and, unless `by_gallery_size` is False, the gallery's
+        size: `Rule.threshold_for`) and the
         input is speech. Probabilities: P(known) from the best score's distance to that
         threshold, shared among the speakers by a softmax at the fitted temperature;
         1 - P(known) is `unknown`.
@@ -366,7 +367,8 @@ class Recognizer:
         names, scores, cosines, flags, enrolled_seconds = scored
         best_index = int(scores.argmax())
         threshold = self.decisions.identification.threshold_for(flags[best_index], seconds,
-                                                                enrolled_seconds[best_index], sum(flags))
+                                                                enrolled_seconds[best_index],
+                                                                sum(flags) if by_gallery_size else None)
         best_score = float(scores[best_index])
         p_known = self.decisions.p_known(best_score, threshold) if is_speech else 0.0
         probabilities = p_known * self.decisions.shares(scores)

@@ -3,12 +3,14 @@ how the app applies it (Rule.threshold_for through Recognizer.decide) and the sc
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from speaker_app import describe
 from speaker_app.decisions import Decisions
+from speaker_app.diarize import Windows, name_speakers
 from speaker_app.recognizer import Recognizer
 from speaker_app.scoring import Scorer
 from tests.test_decisions import CALIBRATION, axis, checkpoint
@@ -193,6 +195,9 @@ def test_the_app_lowers_the_enrolled_threshold_for_a_small_gallery(tmp_path):
     recognizer.gallery.add("ann", axis(4), 1, clip_embeddings=axis(4)[None], seconds=15.0)
     embedding = 0.7 * axis(4) + math.sqrt(1 - 0.7 ** 2) * axis(5)  # over 0.6, under 0.8
     assert recognizer.decide(embedding, torch.zeros(3), 3.0, [], 3).best.name == "ann"
+    # Diarization names clusters at the largest gallery's threshold: the smaller ones were measured on clips.
+    windows = Windows([(0.0, 1.0), (0.5, 1.5)], torch.stack([embedding, embedding]), torch.zeros(2, 3))
+    assert name_speakers(recognizer, windows, np.zeros(2, dtype=int), [8.0])[0].best is None
     for i, name in enumerate(["bob", "cid"]):
         voice = F.normalize(axis(3) + (i + 1) * axis(5), dim=-1)
         recognizer.gallery.add(name, voice, 1, clip_embeddings=voice[None], seconds=15.0)
