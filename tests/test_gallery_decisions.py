@@ -183,6 +183,17 @@ def test_each_gallery_size_gets_the_lowest_threshold_its_strangers_allow():
     assert low == high
 
 
+def test_a_size_the_known_speakers_already_fill_keeps_the_one_threshold():
+    """A size whose strangers the known speakers' threshold alone names more often than its lowering share allows
+    is not an error: it keeps the threshold of all sizes."""
+    answers = sized_answers()
+    alone = (answers.kind == gc.STRANGER) & (answers.gallery == 1)
+    picked = alone & (torch.cumsum(alone.int(), 0) <= int(alone.sum()) // 100)  # 1% of them, a known speaker's
+    answers = answers._replace(enrolled=answers.enrolled & ~picked, best=torch.where(picked, 12.0, answers.best))
+    choice, _ = gc.choose(answers, max_strangers_named=0.02, min_known_correct=0.97, grid=(0.0,))
+    assert dict(choice.by_size) == {1: choice.threshold, 30: choice.threshold}
+
+
 def test_the_app_lowers_the_enrolled_threshold_for_a_small_gallery(tmp_path):
     identification = {"threshold": 0.8, "known_threshold": 0.7, "gallery_thresholds": [[1, 0.6], [3, 0.8]],
                       "method": "made up"}

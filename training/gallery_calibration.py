@@ -192,11 +192,12 @@ def known_threshold(answers: Answers, min_known_correct: float) -> float:
     return (float(right[needed - 1]) + lower) / 2
 
 
-def enrolled_thresholds(answers: Answers, known: float, a: float, b: float,
-                        max_strangers_named: float) -> dict[int, float]:
+def enrolled_thresholds(answers: Answers, known: float, a: float, b: float, max_strangers_named: float,
+                        strict: bool = True) -> dict[int, float]:
     """{gallery size: the lowest enrolled speakers' threshold (at the reference) that names at most that share of
     its strangers' clips, those named as a known speaker at `known` included}, never lower for a larger gallery
-    (whose strangers meet more voices)."""
+    (whose strangers meet more voices). A size whose strangers the known speakers' threshold alone names more
+    often than that is an error, or with `strict` False gets an infinite threshold (no lowering there)."""
     statistic = adjusted(answers, a, b)
     strangers = answers.kind == STRANGER
     by_known = strangers & ~answers.enrolled & (answers.best >= known)
@@ -204,10 +205,12 @@ def enrolled_thresholds(answers: Answers, known: float, a: float, b: float,
     for size in sorted({int(n) for n in answers.gallery.tolist()}):
         rows = strangers & (answers.gallery == size)
         allowed = math.floor(max_strangers_named * int(rows.sum()) + 1e-9) - int((by_known & rows).sum())
-        if allowed < 0:
-            raise ValueError("the known speakers' threshold alone names more strangers than allowed")
         stat = statistic[rows & answers.enrolled].sort(descending=True).values
-        if allowed >= len(stat):
+        if allowed < 0:
+            if strict:
+                raise ValueError("the known speakers' threshold alone names more strangers than allowed")
+            lowest = math.inf
+        elif allowed >= len(stat):
             lowest = float(stat[-1]) - 1.0 if len(stat) else -math.inf
         else:
             lowest = float(torch.nextafter(stat[allowed], torch.tensor(math.inf, dtype=torch.float64)))
@@ -215,7 +218,7 @@ def enrolled_thresholds(answers: Answers, known: float, a: float, b: float,
         needed[size] = highest
     # Small galleries whose strangers never had an enrolled best candidate: the lowest threshold measured.
     finite = [t for t in needed.values() if math.isfinite(t)]
-    return {size: t if math.isfinite(t) else min(finite, default=0.0) for size, t in needed.items()}
+    return {size: min(finite, default=0.0) if t == -math.inf else t for size, t in needed.items()}
 
 
 def choose(answers: Answers, max_strangers_named: float = MAX_STRANGERS_NAMED,
@@ -228,7 +231,8 @@ def choose(answers: Answers, max_strangers_named: float = MAX_STRANGERS_NAMED,
     for a in grid:
         for b in grid:
             single = max(enrolled_thresholds(answers, known, a, b, max_strangers_named).values())
-            sized = enrolled_thresholds(answers, known, a, b, max_strangers_named * SIZE_SHARE) if by_size else {}
+            sized = (enrolled_thresholds(answers, known, a, b, max_strangers_named * SIZE_SHARE, strict=False)
+                     if by_size else {})
             choice = Choice(single, known, a, b, tuple((n, min(t, single)) for n, t in sorted(sized.items())))
             tried.append({"choice": choice, **measured(answers, choice)})
     # The most enrolled clips named correctly; on a tie the simpler rule (smaller terms) wins.
