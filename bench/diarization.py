@@ -31,6 +31,7 @@ Writes the `diarization` section of bench/RESULTS.md (not with --quick).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import subprocess
@@ -65,6 +66,7 @@ THRESHOLDS = np.round(np.arange(0.3, 1.31, 0.05), 2)
 WINDOWS = [(1.0, 0.5), (1.5, 0.75), (1.5, 1.5)]  # (window, hop) seconds; 2 s / 1 s and 3 s / 1.5 s were worse
 PENALTIES = (0.1, 0.3, 1.0)
 LEAST_SPEECH = (0.0, 2.0, 4.0, 6.0, 8.0)  # seconds a cluster needs to stay a speaker of its own
+CENTRES = (0.0, 0.5)  # shares of the recording's mean window taken away before clustering
 PEER = "Resemblyzer d-vectors (same VAD, windows, clustering)"
 STRANGER = "stranger: "  # reference labels of speakers left out of the gallery
 
@@ -266,22 +268,22 @@ def calibrate(convs, recognizer, cache) -> tuple[DiarizationSettings, list[str]]
 
 
 def choose_clustering(convs, gathered, settings: DiarizationSettings) -> tuple[DiarizationSettings, str]:
-    """Agglomerative (calibrated threshold) and spectral (eigengap), each with and without resegmentation
-    and with 0 to 8 s as the least speech of a speaker."""
+    """Agglomerative (calibrated threshold) and spectral (eigengap), each with and without resegmentation,
+    with 0 to 8 s as the least speech of a speaker, and with the recording's mean taken away or not."""
     candidates = []
-    for minimum in LEAST_SPEECH:
-        agglomerative_threshold, _ = best_threshold(convs, gathered, replace(settings, min_speaker_seconds=minimum))
+    for centre, minimum in itertools.product(CENTRES, LEAST_SPEECH):
+        start = replace(settings, centre=centre, min_speaker_seconds=minimum)
+        agglomerative_threshold, _ = best_threshold(convs, gathered, start)
         for method in ("agglomerative", "spectral"):
             for penalty in (0.0, *PENALTIES):
-                tried = replace(settings, method=method, threshold=agglomerative_threshold, switch_penalty=penalty,
-                                min_speaker_seconds=minimum)
+                tried = replace(start, method=method, threshold=agglomerative_threshold, switch_penalty=penalty)
                 candidates.append((tried, score_all(convs, gathered, tried)))
-    rows = [[s.method, f"{s.threshold:.2f}" if s.method == "agglomerative" else "eigengap",
+    rows = [[f"{s.centre:g}", s.method, f"{s.threshold:.2f}" if s.method == "agglomerative" else "eigengap",
              f"{s.switch_penalty:g}" if s.switch_penalty else "none", f"{s.min_speaker_seconds:g} s",
              percent(scores.der()), percent(scores.exact_count()), f"{scores.count_error():.2f}"]
             for s, scores in candidates]
     chosen = min(candidates, key=lambda c: (c[1].der() - 0.01 * c[1].exact_count()))[0]
-    table = common.table(["method", "threshold", "resegmentation penalty", "least speech a speaker", "DER",
+    table = common.table(["mean taken away", "method", "threshold", "resegmentation penalty", "least speech a speaker", "DER",
                           "count exact", "mean count error"], rows)
     return chosen, table
 

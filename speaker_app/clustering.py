@@ -14,6 +14,10 @@ other in bench/RESULTS.md ("Who speaks when"):
   Markov model over the window sequence, each window scored by its cosine to each speaker's centroid, a
   change of speaker costing `switch_penalty`; centroids are re-estimated and the pass repeated.
 
+`centred` may come first: each window less a share of the recording's mean window, made unit again. What every
+window of a recording shares (its channel, its noise) then weighs less against what tells its voices apart; in
+noise, windows of different people otherwise look alike and are merged.
+
 `absorb_small` then folds clusters holding less than a few seconds of speech into the nearest other one:
 a stray window (a laugh, a cough, noise) must not count as a speaker.
 """
@@ -51,6 +55,14 @@ def first_appearance(labels: np.ndarray) -> np.ndarray:
     for label in labels.tolist():
         order.setdefault(label, len(order))
     return np.array([order[label] for label in labels.tolist()], dtype=np.int64)
+
+
+def centred(embeddings: np.ndarray, share: float) -> np.ndarray:
+    """(N, E) unit embeddings of one recording less `share` of their mean, unit again (see above)."""
+    if not 0 <= share <= 1:
+        raise ValueError(f"the share of the mean taken away is between 0 and 1, got {share}")
+    shifted = embeddings - share * embeddings.mean(0, keepdims=True)
+    return shifted / np.linalg.norm(shifted, axis=1, keepdims=True).clip(min=1e-12)
 
 
 def agglomerative(embeddings: np.ndarray, threshold: float, count: Count = Count()) -> np.ndarray:

@@ -40,7 +40,7 @@ import soundfile as sf
 import torch
 import torch.nn.functional as F
 
-from .clustering import Count, absorb_small, agglomerative, resegment, spectral
+from .clustering import Count, absorb_small, agglomerative, centred, resegment, spectral
 from .configs import from_dict
 from .features import AudioError, FeatureConfig, aligned_features, audio_blocks, to_mono
 from .inference import length_batches
@@ -67,6 +67,7 @@ class DiarizationSettings:
     hop: float = 0.75  # seconds between window starts
     min_window: float = 0.5  # a piece of speech shorter than this is not embedded: it takes its neighbour's label
     max_piece: float = 20.0  # seconds: longer speech regions are cut into pieces (features memory)
+    centre: float = 0.0  # share of the recording's mean window embedding taken from each before clustering
     method: str = "agglomerative"  # or "spectral" (speaker_app.clustering)
     threshold: float = 0.6  # agglomerative: cosine distance at which clusters stop merging
     switch_penalty: float = 0.0  # >0: resegment by a Viterbi pass with this cost of a speaker change
@@ -79,6 +80,8 @@ class DiarizationSettings:
             raise ValueError(f"max_piece ({self.max_piece}) must hold a window ({self.window})")
         if self.method not in ("agglomerative", "spectral"):
             raise ValueError(f"method must be 'agglomerative' or 'spectral', got {self.method!r}")
+        if not 0 <= self.centre <= 1:
+            raise ValueError(f"centre is a share of the mean, between 0 and 1: {self}")
         if self.switch_penalty < 0 or self.min_speaker_seconds < 0:
             raise ValueError(f"switch_penalty and min_speaker_seconds must not be negative: {self}")
 
@@ -258,6 +261,8 @@ def split_open_region(wave: np.ndarray, regions: list[Region], last: bool) -> tu
 # -- clustering, segments, names -------------------------------------------------------------------
 def cluster(embeddings: np.ndarray, spans: list[Span], settings: DiarizationSettings, count: Count) -> np.ndarray:
     """(N, E) unit window embeddings in time order -> (N,) speaker labels, as `settings` says."""
+    if settings.centre and len(embeddings) > 1:
+        embeddings = centred(embeddings, settings.centre)
     if settings.method == "spectral":
         labels = spectral(embeddings, count)
     else:

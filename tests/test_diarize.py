@@ -8,7 +8,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from speaker_app.clustering import Count, absorb_small, agglomerative, resegment, spectral
+from speaker_app.clustering import Count, absorb_small, agglomerative, centred, resegment, spectral
 from speaker_app.diarize import (DiarizationSettings, InputError, check_length, length_notes, stored_settings,
                                  window_frames)
 from speaker_app.segments import Segment, csv_text, join_pieces, label_speech, read_rttm, rttm_lines, write_rttm
@@ -114,6 +114,20 @@ def test_resegmentation_fixes_a_stray_window_and_small_clusters_are_absorbed():
     seconds = np.full(len(labels), 0.75)
     folded = absorb_small(x, labels, seconds, min_seconds=2.0)
     assert folded.max() + 1 == 3 and folded[30] == TURNS[30]
+
+
+def test_taking_away_the_recordings_mean_separates_voices_that_share_a_channel():
+    x = voices(TURNS)
+    channel = np.random.default_rng(7).standard_normal(32)
+    shared = x + 2.0 * channel / np.linalg.norm(channel)  # one strong component in every window: the room, the noise
+    shared /= np.linalg.norm(shared, axis=1, keepdims=True)
+    assert agglomerative(shared, 0.6).max() == 0  # every voice merged into one
+    assert agglomerative(centred(shared, 1.0), 0.6).tolist() == TURNS
+    assert np.allclose(centred(x, 0.0), x) and np.allclose(np.linalg.norm(centred(x, 0.5), axis=1), 1)
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        centred(x, 1.5)
+    with pytest.raises(ValueError, match="centre"):
+        DiarizationSettings(centre=-0.1)
 
 
 # -- speech activity ---------------------------------------------------------------------------------
