@@ -537,8 +537,8 @@ def main(argv=None) -> int:
     ablations_file = args.cache / f"ablations-{recognizer.fingerprint}.json"
     if args.calibrate:
         settings, ablations = calibrate(convs_cal, recognizer, args.cache)
-        ablations_file.write_text(json.dumps(ablations))
-        if not args.quick:
+        if not args.quick:  # a smoke run stores nothing: neither the settings nor the tables that chose them
+            ablations_file.write_text(json.dumps(ablations))
             store_settings(settings, recognizer, f"{common.command_line()}, {time.strftime('%Y-%m-%d')}")
     else:
         from speaker_app.diarize import stored_settings
