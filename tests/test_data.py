@@ -9,9 +9,9 @@ import pytest
 import soundfile as sf
 import torch
 
-from speaker_app.features import FeatureConfig
+from speaker_app.features import FeatureConfig, log_mel
 from speaker_app.scoring import equal_error_rate
-from training.augment import AugmentConfig, Augmenter
+from training.augment import AugmentConfig, Augmenter, frequency_warp
 from training.config import TrainConfig, override
 from training.data import (DataError, FeatureBank, Utterance, load_features, read_labelled, read_speakers,
                            read_test, sampling_weights, split_utterances, stratified_split)
@@ -376,3 +376,37 @@ def test_the_default_model_embeds_in_windows_of_its_training_crop_and_says_so_in
     assert framed.build_model().config.window_frames == 120
     assert all(torch.equal(framed.state_dict[k], v) for k, v in model.state_dict.items())
     assert fingerprint(framed) != fingerprint(model) == fingerprint(windowed(model, 0))
+
+
+def test_frequency_warp_moves_a_tone_to_the_scaled_frequency():
+    config = FeatureConfig()
+    t = np.arange(config.sample_rate) / config.sample_rate
+
+    def tone(hz):
+        return log_mel(np.sin(2 * np.pi * hz * t), config).mean(0)
+
+    torch.testing.assert_close(frequency_warp(config, 1.0), torch.eye(config.n_mels))
+    for factor in (0.9, 1.1):
+        warped = tone(1500) @ frequency_warp(config, factor).T
+        assert warped.argmax() == tone(1500 * factor).argmax() != tone(1500).argmax()
+
+
+def test_speaker_augmentation_labels_each_warp_as_a_new_speaker():
+    x = torch.randn(400, 30, 40) - 3
+    labels = torch.arange(400) % 7
+    config = only(warp_prob=0.5, warp_factors=(0.9, 1.1))
+    augment = Augmenter(config, FeatureConfig(), n_speakers=7)
+    y, new = augment.new_speakers(x, labels, torch.Generator().manual_seed(0))
+    assert (new % 7 == labels).all() and set((new // 7).tolist()) == {0, 1, 2}  # itself, or factor j's copy
+    assert 0.4 < (new >= 7).float().mean() < 0.6
+    same = new < 7
+    assert torch.equal(y[same], x[same])
+    for block, factor in ((1, 0.9), (2, 1.1)):
+        rows = new // 7 == block
+        torch.testing.assert_close(y[rows], x[rows] @ frequency_warp(FeatureConfig(), factor).T)
+    off = Augmenter(only(), FeatureConfig())
+    generator = torch.Generator().manual_seed(0)
+    assert off.new_speakers(x, labels, generator)[1] is labels
+    assert torch.equal(generator.get_state(), torch.Generator().manual_seed(0).get_state())  # nothing drawn
+    with pytest.raises(ValueError, match="number of speakers"):
+        Augmenter(config, FeatureConfig())

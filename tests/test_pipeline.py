@@ -64,6 +64,19 @@ def test_fine_tuning_starts_from_the_checkpoint(prepared, trained, tmp_path):
     assert tuned["info"]["init"]["speakers_known"] == 5 and tuned["model_config"]["d_model"] == 64  # the checkpoint's model
 
 
+def test_speaker_augmentation_trains_pseudo_speakers_that_fine_tuning_drops(prepared, tmp_path):
+    flags = [arg for setting in SMALL for arg in ("--set", setting)]
+    run("training.train", "--data", str(prepared), "--out", str(tmp_path / "warped"), "--steps", "2", *flags,
+        "--set", "valid_every=2", "--set", "valid_fraction=0.2", "--set", "augment.warp_prob=0.5", "--no-progress")
+    warped = torch.load(tmp_path / "warped" / "last.pt", weights_only=True)
+    assert len(warped["speakers"]) == 15 and warped["speakers"][5].endswith("~warp0.9")
+    assert warped["state_dict"]["head.weight"].shape[0] == 15 and warped["metrics"]["valid_top1"] is not None
+    printed = run("training.train", "--data", str(prepared), "--out", str(tmp_path / "tuned"), "--init",
+                  str(tmp_path / "warped" / "last.pt"), "--steps", "2", "--set", "warmup_steps=1", "--no-progress")
+    assert "it knew 5 of the 5 speakers" in printed
+    assert torch.load(tmp_path / "tuned" / "last.pt", weights_only=True)["state_dict"]["head.weight"].shape[0] == 5
+
+
 def test_evaluate_is_far_above_chance(prepared, trained):
     out = run("training.evaluate", "--checkpoint", str(trained / "best.pt"), "--data", str(prepared), "--json")
     result = json.loads(out.strip().splitlines()[-1])

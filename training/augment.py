@@ -12,13 +12,19 @@ prepared audio folders:
 - additive white noise at a random SNR, added in the power domain;
 - SpecAugment frequency and time masks (Park et al. 2019);
 - shortening: a crop cut to a random shorter length, so that a short clip
-  (a word) is no cue to a speaker whose clips are all short.
+  (a word) is no cue to a speaker whose clips are all short;
+- speaker augmentation: a crop's spectrum scaled in frequency (its pitch and
+  formants, as speed perturbation scales them) and labelled as a new speaker,
+  one per speaker and factor (Yamamoto et al. 2019; WeSpeaker's speed
+  perturbation). It runs first, in `Augmenter.new_speakers`, since it changes
+  the labels.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 import torchaudio
 
@@ -46,9 +52,36 @@ class AugmentConfig:
     drr_db: tuple[float, float] = (0.0, 12.0)  # direct-to-reverberant power ratio
     babble_prob: float = 0.0
     babble_snr_db: tuple[float, float] = (10.0, 20.0)
+    # speaker augmentation: off until measured. The chance that a crop is warped, and the frequency factors; a
+    # crop warped by factors[j] belongs to pseudo-speaker (j + 1) * n_speakers + its speaker
+    warp_prob: float = 0.0
+    warp_factors: tuple[float, ...] = (0.9, 1.1)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def frequency_warp(features: FeatureConfig, factor: float) -> torch.Tensor:
+    """(n_mels, n_mels) matrix W: log-mel x -> x @ W.T, the spectrum scaled in frequency by `factor` (what was
+    at f is now at factor * f). Each output filter takes the input at its centre frequency / factor, linearly
+    interpolated between the input filters' centres; beyond the first or last centre, that filter."""
+    if factor <= 0:
+        raise ValueError(f"a warp factor must be positive, got {factor}")
+    def mel(hz):  # the HTK scale, as the features'
+        return 2595.0 * np.log10(1.0 + np.asarray(hz, dtype=np.float64) / 700.0)
+
+    f_max = features.f_max or features.sample_rate / 2
+    centres = np.linspace(mel(features.f_min), mel(f_max), features.n_mels + 2)[1:-1]
+    hz = 700.0 * (10 ** (centres / 2595.0) - 1.0)
+    # the fractional input filter each output filter reads from
+    position = torch.from_numpy(np.interp(mel(hz / factor), centres, np.arange(features.n_mels)))
+    low = position.floor().long().clamp(max=features.n_mels - 2)
+    share = (position - low).clamp(0.0, 1.0)
+    warp = torch.zeros(features.n_mels, features.n_mels, dtype=torch.float64)
+    rows = torch.arange(features.n_mels)
+    warp[rows, low] = 1.0 - share
+    warp[rows, low + 1] += share
+    return warp.float()
 
 
 def mean_power(power: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
@@ -61,10 +94,16 @@ class Augmenter:
     are drawn for the whole global batch and sliced, so the global batch is augmented the same at
     any number of processes. All work after the draws stays on the batch's device."""
 
-    def __init__(self, config: AugmentConfig, features: FeatureConfig, rank: int = 0, world: int = 1):
+    def __init__(self, config: AugmentConfig, features: FeatureConfig, rank: int = 0, world: int = 1,
+                 n_speakers: int = 0):
         if not 0 <= rank < world:
             raise ValueError(f"need 0 <= rank < world, got rank={rank}, world={world}")
+        if config.warp_prob > 0 and n_speakers < 1:
+            raise ValueError("speaker augmentation (warp_prob > 0) needs the number of speakers")
         self.config = config
+        self.n_speakers = n_speakers
+        self.warps = torch.stack([frequency_warp(features, factor) for factor in config.warp_factors]) \
+            if config.warp_factors else torch.zeros(0, features.n_mels, features.n_mels)
         self.rank, self.world = rank, world
         self.floor = features.log_floor
         self.frame_s = features.frame_seconds
@@ -101,6 +140,19 @@ class Augmenter:
             power = torch.where(pick[:, None, None], power * self.kept.to(x.device), power)
         x = torch.log(power.clamp(min=self.floor)).masked_fill(~real, 0.0)
         return self._mask(x, real, lengths, generator), lengths
+
+    def new_speakers(self, x: torch.Tensor, labels: torch.Tensor, generator: torch.Generator):
+        """x (B, T, n_mels) log-mel and labels (B,) -> chosen rows warped in frequency, with their pseudo-speakers'
+        labels. Draws nothing when speaker augmentation is off, so the other augmentations' draws stay the same."""
+        c = self.config
+        if c.warp_prob <= 0:
+            return x, labels
+        B = x.shape[0]
+        pick = self._chance(B, c.warp_prob, generator, x.device)
+        which = (self._uniform(B, generator, x.device) * len(c.warp_factors)).long().clamp(max=len(c.warp_factors) - 1)
+        warped = torch.einsum("btf,bgf->btg", x, self.warps.to(x)[which])  # row b: x[b] @ warps[which[b]].T
+        x = torch.where(pick[:, None, None], warped, x)
+        return x, torch.where(pick, labels + (which + 1) * self.n_speakers, labels)
 
     def _reverb(self, power, real, generator):
         """(B, T, F) power -> each chosen row convolved in time with 1 (direct) plus a decaying tail."""

@@ -77,6 +77,7 @@ def train_step(model, network, batch, augment, generator, optimizer, scheduler, 
     """One optimisation step on a (features, lengths, labels) batch -> loss and correct count (tensors, no sync).
     `context` wraps the forward pass (default: the autocast of the config's precision on `device`)."""
     features, lengths, labels = (t.to(device, non_blocking=True) for t in batch)
+    features, labels = augment.new_speakers(features, labels, generator)
     features, lengths = augment(features, lengths, generator)
     with context if context is not None else autocast(device, config.precision):
         logits = network(features, lengths, labels)
@@ -95,9 +96,10 @@ def train_step(model, network, batch, augment, generator, optimizer, scheduler, 
 
 
 @torch.no_grad()
-def evaluate(model: SpeakerModel, bank: FeatureBank, device, max_frames: int, precision: str = "bf16") -> dict:
-    """Loss (without margin), top-1 and top-5 accuracy on full utterances; None for an empty bank
-    (`valid_fraction` 0: no validation split)."""
+def evaluate(model: SpeakerModel, bank: FeatureBank, device, max_frames: int, precision: str = "bf16",
+             classes: int | None = None) -> dict:
+    """Loss (without margin), top-1 and top-5 accuracy on full utterances, over the first `classes` classes
+    (default all); None for an empty bank (`valid_fraction` 0: no validation split)."""
     if not len(bank):
         return {"valid_loss": None, "valid_top1": None, "valid_top5": None}
     was_training = model.training
@@ -106,7 +108,7 @@ def evaluate(model: SpeakerModel, bank: FeatureBank, device, max_frames: int, pr
     for index in length_batches(bank.lengths.tolist(), max_frames):
         features, lengths, labels = (t.to(device) for t in bank.whole(index))
         with autocast(device, precision):
-            logits = model(features, lengths).float()
+            logits = model(features, lengths).float()[:, :classes]
         total["loss"] += F.cross_entropy(logits, labels, reduction="sum").item()
         top = logits.topk(min(5, logits.shape[1]), dim=-1).indices
         total["top1"] += (top[:, 0] == labels).sum().item()
@@ -153,6 +155,7 @@ class Run:
     step: int = 0
     best: float = -1.0  # best validation top-1 so far
     elapsed: float = 0.0  # training seconds of earlier sessions (resumes)
+    real: int | None = None  # validated over the first `real` speakers (the rest: speaker augmentation's); None: all
 
     def checkpoint(self, model, metrics: dict, training_state: dict | None = None) -> Checkpoint:
         state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
@@ -166,7 +169,7 @@ def validate_and_save(run: Run, model, optimizer, scheduler, valid_bank, device,
     a lower learning rate (a small validation split ties often). Without a validation split, best.pt
     is the latest step."""
     metrics = {"step": run.step, "train_loss": window["loss"], "train_acc": window["acc"],
-               **evaluate(model, valid_bank, device, run.config.valid_max_frames, run.config.precision),
+               **evaluate(model, valid_bank, device, run.config.valid_max_frames, run.config.precision, run.real),
                "lr": scheduler.get_last_lr()[0], "steps_per_s": window["steps_per_s"],
                "elapsed_s": window["elapsed_s"]}
     append_metrics(run.out / "metrics.csv", metrics)

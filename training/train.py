@@ -47,7 +47,7 @@ from speaker_app.features import FeatureConfig
 from speaker_app.model import ModelConfig
 from speaker_app.registry import build_model
 
-from .augment import Augmenter
+from .augment import AugmentConfig, Augmenter
 from .config import TrainConfig, override, read_config_file
 from .data import DROPOUT, DataError, FeatureBank, crop_batches, derived_seed, read_labelled, read_speakers, \
     sample_statistics, split_utterances
@@ -137,6 +137,14 @@ def load_data(root: Path, config: TrainConfig, features: FeatureConfig, device, 
     return speakers, train, valid, bank, valid_bank
 
 
+def pseudo_speakers(speakers: list[str], augment: AugmentConfig) -> list[str]:
+    """Speaker augmentation's classes after the real speakers': one per warp factor and speaker, in the order
+    `Augmenter.new_speakers` labels them. Fine-tuning from such a run keeps only the rows of real speakers."""
+    if augment.warp_prob <= 0:
+        return []
+    return [f"{name}~warp{factor:g}" for factor in augment.warp_factors for name in speakers]
+
+
 def initialise_from(model: torch.nn.Module, checkpoint: Checkpoint, speakers: list[str]) -> int:
     """Copy `checkpoint`'s weights into `model` (same architecture; its input statistics too). The
     classifier's rows follow the speakers' names: a speaker the checkpoint knows gets its row, a new
@@ -199,7 +207,8 @@ def main(argv=None) -> int:
         raise SystemExit(f"error: the data has {features.n_mels} mel bins, the model expects {config.model.n_mels}")
     try:
         speakers, train, valid, bank, valid_bank = load_data(args.data, config, features, env.device, progress)
-        model = build_model(config.model, len(speakers))
+        classes = speakers + pseudo_speakers(speakers, config.augment)
+        model = build_model(config.model, len(classes))
     except (DataError, ValueError) as error:
         raise SystemExit(f"error: {error}")
     model.set_input_statistics(*(bank.statistics() if bank else sample_statistics(args.data, train, features.n_mels)))
@@ -208,11 +217,11 @@ def main(argv=None) -> int:
     scheduler = make_schedule(optimizer, config)
     info = {"data": str(args.data), "n_train": len(train), "n_valid": len(valid), "world_size": env.world}
     if init is not None:
-        known = initialise_from(model, init, speakers)
+        known = initialise_from(model, init, classes)
         info["init"] = {"checkpoint": str(args.init), "step": init.step, "speakers_known": known}
         if env.main:
             print(f"starting from {args.init} (step {init.step}); it knew {known} of the {len(speakers)} speakers")
-    run = Run(args.out, config, features, speakers, info)
+    run = Run(args.out, config, features, classes, info, real=len(speakers))
     if resume:
         model.load_state_dict(resume.state_dict)
         optimizer.load_state_dict(resume.training_state["optimizer"])
@@ -242,7 +251,7 @@ def main(argv=None) -> int:
     batches = crop_batches(train, args.data, features.n_mels, config.batch_size, config.segment_frames,
                            config.seed, bank, config.workers, config.balance_speakers, run.step, env.rank, env.world,
                            config.source_shares, speakers)
-    augment = Augmenter(config.augment, features, env.rank, env.world)
+    augment = Augmenter(config.augment, features, env.rank, env.world, len(speakers))
     fit(run, model, network, optimizer, scheduler, batches, augment, valid_bank, env, progress)
     if env.main:
         best = f"best valid top-1 {run.best:.4f}" if valid else "no validation split: best.pt is the last step"
