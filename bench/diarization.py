@@ -487,7 +487,8 @@ def report(args, convs_test, convs_cal, settings, peer_settings, systems, enroll
                  "collar=0.5) and 0 s, overlap scored; miss / false alarm / confusion at ±0.25 s; \"no overlap\": "
                  "DER at ±0.25 s with overlapped speech left out of scoring (the gap is what one voice per moment "
                  "costs). RTF: wall time / audio time of the whole pipeline on each file (torch threads "
-                 f"{torch.get_num_threads()}, the app's setting); the pass over the audio (VAD, features, "
+                 f"{torch.get_num_threads()}, the app's setting; speech activity runs one block ahead in a thread of "
+                 "its own); the pass over the audio (VAD, features, "
                  f"embeddings) was timed when it was first run and cached in `{args.cache}`, see the load average.\n")
     lines.append(common.table(["system", "DER ±0.25 s", "DER 0 s", "missed", "false alarm", "confusion",
                                "DER without overlap", "count exact", "mean count error", "RTF"], main_rows(systems)))

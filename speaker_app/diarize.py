@@ -7,6 +7,7 @@ A chain of small steps, each swappable (bench/diarization.py measures each again
 
 1. speech activity (speaker_app.speech_activity): the audio is read block by block (BLOCK_SECONDS), and
    each block's speech regions found; a region still open at a block's end is carried into the next one.
+   This runs one block ahead in a thread, beside the next steps (on a second core where there is one).
 2. windows: each region (cut into pieces of at most `max_piece` seconds) gets the features of the one
    pipeline without its silence removal (features.aligned_features), and windows of `window` seconds
    every `hop` seconds; a piece shorter than a window is one window if it lasts `min_window`.
@@ -16,10 +17,11 @@ A chain of small steps, each swappable (bench/diarization.py measures each again
 6. naming: each speaker's unit mean embedding and mean logits go through `Recognizer.decide`, the rule of
    Identify, with its seconds of speech; a speaker below the threshold is "unknown 1", "unknown 2", ...
 
-Memory stays flat on long files: only one block of audio and its features are held at a time, and
-what the block freed is handed back (release_freed_memory); what grows is one embedding per window (an hour:
-~6,000 x E floats) and, at the end, the clustering's pairwise distances (an hour: ~150 MB). One voice per moment: overlapped speech is
-labelled with one of its speakers (its cost is measured in bench/RESULTS.md).
+Memory stays flat on long files: two blocks of audio (one embedded, the next searched for speech) and one
+block's features are held at a time, and what the block freed is handed back (release_freed_memory); what
+grows is one embedding per window (an hour: ~6,000 x E floats) and, at the end, the clustering's pairwise
+distances (an hour: ~150 MB). One voice per moment: overlapped speech is labelled with one of its speakers
+(its cost is measured in bench/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import json
 import math
 import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, NamedTuple
@@ -191,26 +194,59 @@ def pieces_of(wave: np.ndarray, offset: float, regions: list[Region], max_piece:
     return pieces
 
 
-def gather(blocks, embedder: Callable[[list[Piece]], Windows], settings: DiarizationSettings, config: FeatureConfig,
-           keep_pieces: bool = False, progress: Callable[[float], None] | None = None) -> Gathered:
-    """One pass over (N,) 16 kHz blocks: speech regions, windows, `embedder(pieces)`; `progress(seconds read)`."""
-    gathered = Gathered(pieces=[] if keep_pieces else None)
-    carry, carry_start = np.zeros(0, np.float32), 0.0
+class Speech(NamedTuple):
+    """One block's speech: the audio searched (the block after the samples carried into it), where that
+    audio starts, the regions complete in it (seconds from `start`), and the seconds of the file read so far."""
+    wave: np.ndarray
+    start: float
+    regions: list[Region]
+    seconds: float
+
+
+def speech_of(blocks, activity: ActivitySettings):
+    """(N,) 16 kHz blocks -> each block's Speech; a region still open at a block's end goes on in the next."""
+    carry, carry_start, seconds = np.zeros(0, np.float32), 0.0, 0.0
     for last, block in flagged_last(blocks):
         wave = np.concatenate([carry, block]) if len(carry) else block
-        gathered.seconds += len(block) / SAMPLE_RATE
-        regions = speech_regions(wave, settings.activity)
+        seconds += len(block) / SAMPLE_RATE
+        regions = speech_regions(wave, activity)
         carry, kept = split_open_region(wave, regions, last)
-        pieces = pieces_of(wave, carry_start, kept, settings.max_piece, config)
+        yield Speech(wave, carry_start, kept, seconds)
+        carry_start = seconds - len(carry) / SAMPLE_RATE
+
+
+def one_ahead(items):
+    """The items of an iterable, each next one made in a background thread while the caller works on this one:
+    reading and speech activity (onnxruntime, which lets go of the GIL) run beside the embeddings on a second
+    core. An error in the thread is raised here; at most one item waits."""
+    iterator = iter(items)
+    with ThreadPoolExecutor(1, thread_name_prefix="one-ahead") as pool:
+        pending = pool.submit(next, iterator, _END)
+        while (item := pending.result()) is not _END:
+            pending = pool.submit(next, iterator, _END)
+            yield item
+
+
+_END = object()
+
+
+def gather(blocks, embedder: Callable[[list[Piece]], Windows], settings: DiarizationSettings, config: FeatureConfig,
+           keep_pieces: bool = False, progress: Callable[[float], None] | None = None) -> Gathered:
+    """One pass over (N,) 16 kHz blocks: speech regions (one block ahead, in a thread), windows,
+    `embedder(pieces)`; `progress(seconds read)`."""
+    gathered = Gathered(pieces=[] if keep_pieces else None)
+    for speech in one_ahead(speech_of(blocks, settings.activity)):
+        pieces = pieces_of(speech.wave, speech.start, speech.regions, settings.max_piece, config)
         windows = embedder(pieces)
-        gathered.regions += [(carry_start + s, carry_start + e) for s, e in kept]
+        gathered.seconds = speech.seconds
+        gathered.regions += [(speech.start + s, speech.start + e) for s, e in speech.regions]
         if windows.spans:
             gathered.spans += windows.spans
             gathered.embeddings.append(windows.embeddings)
             gathered.logits.append(windows.logits)
         if keep_pieces:
             gathered.pieces += [piece._replace(wave=None) for piece in pieces]
-        carry_start = gathered.seconds - len(carry) / SAMPLE_RATE
+        del speech, pieces
         release_freed_memory()
         if progress:
             progress(gathered.seconds)

@@ -3,14 +3,17 @@ conversation made at test time from ../shared/speech, diarized by the default mo
 
 from __future__ import annotations
 
+import threading
+import time
+
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
 
 from speaker_app.clustering import Count, absorb_small, agglomerative, centred, resegment, spectral
-from speaker_app.diarize import (DiarizationSettings, InputError, check_length, length_notes, stored_settings,
-                                 window_frames)
+from speaker_app.diarize import (DiarizationSettings, InputError, check_length, length_notes, one_ahead,
+                                 stored_settings, window_frames)
 from speaker_app.segments import Segment, csv_text, join_pieces, label_speech, read_rttm, rttm_lines, write_rttm
 from speaker_app.speech_activity import ActivitySettings, energy_regions, silero_regions
 from tests.conftest import speechlike
@@ -259,3 +262,22 @@ def test_a_known_count_is_kept_and_the_same_name_joins_clusters(two_voices, reco
     names = [s.name for s in result.speakers]
     assert len(names) == len(set(names)) <= 3  # clusters named as one known voice are one speaker
     assert all(1 <= len(s.clips) <= 5 and all(c.shape[1] == 40 for c in s.clips) for s in result.speakers)
+
+
+def test_one_ahead_makes_the_next_item_in_a_thread_while_this_one_is_used():
+    made = []
+
+    def items():
+        for i in range(3):
+            made.append((i, threading.current_thread().name))
+            yield i
+        raise ValueError("broken block")
+
+    seen = []
+    with pytest.raises(ValueError, match="broken block"):
+        for item in one_ahead(items()):
+            time.sleep(0.05)
+            seen.append((item, len(made)))
+    assert [item for item, _ in seen] == [0, 1, 2]
+    assert seen[0][1] == 2  # item 1 was made while item 0 was in use
+    assert all(name.startswith("one-ahead") for _, name in made)
