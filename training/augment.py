@@ -67,6 +67,7 @@ def frequency_warp(features: FeatureConfig, factor: float) -> torch.Tensor:
     interpolated between the input filters' centres; beyond the first or last centre, that filter."""
     if factor <= 0:
         raise ValueError(f"a warp factor must be positive, got {factor}")
+
     def mel(hz):  # the HTK scale, as the features'
         return 2595.0 * np.log10(1.0 + np.asarray(hz, dtype=np.float64) / 700.0)
 
@@ -149,7 +150,8 @@ class Augmenter:
             return x, labels
         B = x.shape[0]
         pick = self._chance(B, c.warp_prob, generator, x.device)
-        which = (self._uniform(B, generator, x.device) * len(c.warp_factors)).long().clamp(max=len(c.warp_factors) - 1)
+        n = len(c.warp_factors)
+        which = (self._uniform(B, generator, x.device) * n).long().clamp(max=n - 1)
         warped = torch.einsum("btf,bgf->btg", x, self.warps.to(x)[which])  # row b: x[b] @ warps[which[b]].T
         x = torch.where(pick[:, None, None], warped, x)
         return x, torch.where(pick, labels + (which + 1) * self.n_speakers, labels)
