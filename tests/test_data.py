@@ -1,3 +1,4 @@
+import collections
 import dataclasses
 import json
 import math
@@ -13,8 +14,9 @@ from speaker_app.features import FeatureConfig, log_mel
 from speaker_app.scoring import equal_error_rate
 from training.augment import AugmentConfig, Augmenter, frequency_warp
 from training.config import TrainConfig, override
-from training.data import (DataError, FeatureBank, Utterance, load_features, read_labelled, read_speakers,
-                           read_test, sampling_weights, split_utterances, stratified_split)
+from training.data import (DataError, FeatureBank, Utterance, global_batches, load_features, read_labelled,
+                           read_speakers, read_test, sampling_weights, split_utterances, stratified_split,
+                           utterance_sources)
 from training.prepare import find_clips, link_view, main as prepare_main, prepare, utterance_name
 from tests.conftest import voiced
 
@@ -268,6 +270,28 @@ def test_source_shares_set_each_named_sources_part_of_the_batch():
         with pytest.raises(ValueError, match="source_shares"):
             TrainConfig(source_shares=shares)
     assert override(TrainConfig(), ['source_shares={"small": 0.25}']).source_shares == {"small": 0.25}
+
+
+def test_same_source_draws_that_share_of_each_batch_from_one_source():
+    speakers = ["big/a", "big/b", "small/c", "other/d"]
+    utterances = [Utterance(f"{i}", speaker, 10) for i, speaker in enumerate([0] * 8 + [1] * 8 + [2] + [3] * 3)]
+    sources = utterance_sources(utterances, speakers)
+    weights = sampling_weights(utterances, 1.0)
+    plain = global_batches(weights, 8, seed=4)
+    mixed = global_batches(weights, 8, seed=4, sources=sources, same_source=0.5)
+    drawn = collections.Counter()
+    for _ in range(400):
+        index, _ = next(mixed)
+        together = sources[index[:4]]
+        assert (together == together[0]).all()
+        drawn[int(together[0])] += 1
+    # each source leads a batch in proportion to its weight: big 2, other 1, small 1 (speakers drawn equally)
+    assert [drawn[i] / 400 for i in range(3)] == pytest.approx([0.5, 0.25, 0.25], abs=0.07)
+    # no share, no change: the same batches as before the option existed
+    same = global_batches(weights, 8, seed=4, sources=sources, same_source=0.0)
+    assert all(torch.equal(next(plain)[0], next(same)[0]) for _ in range(5))
+    with pytest.raises(ValueError, match="same_source"):
+        TrainConfig(same_source=1.5)
 
 
 def test_equal_error_rate():

@@ -32,6 +32,9 @@ class TrainConfig:
     # the share of every batch drawn from each named source (a speaker's source is its name up to the first
     # "/"); the sources not named share the rest as balance_speakers draws them. {} draws by balance_speakers alone
     source_shares: dict[str, float] = field(default_factory=dict)
+    # the share of every batch drawn from one source, chosen anew each step in proportion to its weight, so that
+    # speakers of one channel and condition (the hard impostors) meet in a batch; 0 draws the whole batch as above
+    same_source: float = 0.0
     # lr 4e-3 and no validation split (best.pt is the last step): the 31 speakers' full recipe makes 6.5 errors on
     # its 612 held-out clips over 10 seeds on a GPU, against 10.2 over 6 with lr 2e-3 and a tenth held out to pick
     # best.pt; 6 and 5 on the CPU (bench/notes/2026-12-04-learning-rate-and-validation-split.md). Give a run a validation split (`--set valid_fraction=0.1`) to follow it as it trains.
@@ -66,6 +69,8 @@ class TrainConfig:
         if not isinstance(shares, dict) or not all(isinstance(v, (int, float)) and 0 < v <= 1 for v in shares.values()) \
                 or sum(shares.values()) > 1 + 1e-9:
             raise ValueError(f"source_shares must map sources to shares in (0, 1] that add up to at most 1, got {shares!r}")
+        if not 0 <= self.same_source <= 1:
+            raise ValueError(f"same_source must be in [0, 1], got {self.same_source}")
         if self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
         if self.precision not in ("bf16", "fp32"):

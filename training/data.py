@@ -249,15 +249,24 @@ def shard(x: torch.Tensor, rank: int, world: int) -> torch.Tensor:
 
 
 def global_batches(weights: torch.Tensor, batch_size: int, seed: int, step: int = 0, rank: int = 0,
-                   world: int = 1):
+                   world: int = 1, sources: torch.Tensor | None = None, same_source: float = 0.0):
     """Endless (index, position) pairs from step `step` on: each step draws a global batch of
     `batch_size` utterances (with replacement, in proportion to `weights`) and crop positions,
-    and keeps this rank's slice."""
+    and keeps this rank's slice. With `same_source` > 0, that share of every batch comes from one
+    source (`sources[i]` is utterance i's), drawn anew each step in proportion to its weight: its
+    speakers share a channel and a condition, the hardest impostors for one another."""
     if batch_size % world:
         raise ValueError(f"batch size {batch_size} is not divisible by {world} processes")
+    together = round(same_source * batch_size) if sources is not None else 0
+    if together:
+        source_weights = torch.zeros(int(sources.max()) + 1, dtype=weights.dtype).index_add_(0, sources, weights)
     while True:
         generator = step_generator(seed, step, BATCH)
-        index = torch.multinomial(weights, batch_size, replacement=True, generator=generator)
+        index = torch.multinomial(weights, batch_size - together, replacement=True, generator=generator)
+        if together:
+            source = torch.multinomial(source_weights, 1, generator=generator)
+            within = torch.where(sources == source, weights, torch.zeros_like(weights))
+            index = torch.cat([torch.multinomial(within, together, replacement=True, generator=generator), index])
         position = torch.rand(batch_size, generator=generator)
         yield shard(index, rank, world), shard(position, rank, world)
         step += 1
@@ -267,12 +276,24 @@ class GlobalBatchSampler:
     """A DataLoader batch sampler over global_batches: lists of (utterance index, crop position)."""
 
     def __init__(self, weights: torch.Tensor, batch_size: int, seed: int, step: int = 0, rank: int = 0,
-                 world: int = 1):
-        self.args = (weights, batch_size, seed, step, rank, world)
+                 world: int = 1, sources: torch.Tensor | None = None, same_source: float = 0.0):
+        self.args = (weights, batch_size, seed, step, rank, world, sources, same_source)
 
     def __iter__(self):
         for index, position in global_batches(*self.args):
             yield list(zip(index.tolist(), position.tolist()))
+
+
+def source_of(name: str) -> str:
+    """A speaker's source: its name up to the first "/" ("" when it has none)."""
+    return name.split("/")[0] if "/" in name else ""
+
+
+def utterance_sources(utterances: list[Utterance], speakers: list[str]) -> torch.Tensor:
+    """Each utterance's source as an index into the sorted source names of `speakers`."""
+    names = sorted({source_of(name) for name in speakers})
+    ids = torch.tensor([names.index(source_of(name)) for name in speakers])
+    return ids[torch.tensor([u.speaker for u in utterances])]
 
 
 def sampling_weights(utterances: list[Utterance], balance_speakers: float, source_shares: dict | None = None,
@@ -286,8 +307,7 @@ def sampling_weights(utterances: list[Utterance], balance_speakers: float, sourc
     if not source_shares:
         return weights
     weights = weights.double()
-    sources = [name.split("/")[0] if "/" in name else "" for name in speakers]
-    source = [sources[i] for i in labels.tolist()]
+    source = [source_of(speakers[i]) for i in labels.tolist()]
     named = torch.zeros(len(utterances), dtype=torch.bool)
     for name, share in source_shares.items():
         mask = torch.tensor([s == name for s in source])
@@ -303,17 +323,20 @@ def sampling_weights(utterances: list[Utterance], balance_speakers: float, sourc
 def crop_batches(train: list[Utterance], root: Path, n_mels: int, batch_size: int, segment: int,
                  seed: int, bank: FeatureBank | None, workers: int = 2, balance_speakers: float = 1.0,
                  step: int = 0, rank: int = 0, world: int = 1, source_shares: dict | None = None,
-                 speakers: list[str] | None = None):
+                 speakers: list[str] | None = None, same_source: float = 0.0):
     """An endless stream of (features, lengths, labels) batches of random crops, drawn with
-    `sampling_weights(train, balance_speakers, source_shares, speakers)`, from training step `step` on. `batch_size` is the global batch; rank
+    `sampling_weights(train, balance_speakers, source_shares, speakers)` and `same_source` of each batch
+    from one source (see global_batches), from training step `step` on. `batch_size` is the global batch; rank
     `rank` of `world` processes gets its equal slice, so any number of processes trains on the same
     global batches. From memory when a bank is given, else read from disk by `workers` processes;
     both give the same crops (from disk, padded only to the longest crop of the batch)."""
     weights = sampling_weights(train, balance_speakers, source_shares, speakers)
+    sources = utterance_sources(train, speakers) if same_source else None
+    draw = (weights, batch_size, seed, step, rank, world, sources, same_source)
     if bank is not None:
-        for index, position in global_batches(weights, batch_size, seed, step, rank, world):
+        for index, position in global_batches(*draw):
             yield bank.crops_at(index, segment, position)
-    sampler = GlobalBatchSampler(weights, batch_size, seed, step, rank, world)
-    loader = DataLoader(CropDataset(root, train, n_mels, segment), batch_sampler=sampler, num_workers=workers,
-                        collate_fn=pad_batch, persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())
+    loader = DataLoader(CropDataset(root, train, n_mels, segment), batch_sampler=GlobalBatchSampler(*draw),
+                        num_workers=workers, collate_fn=pad_batch, persistent_workers=workers > 0,
+                        pin_memory=torch.cuda.is_available())
     yield from loader

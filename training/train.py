@@ -250,7 +250,7 @@ def main(argv=None) -> int:
     torch.manual_seed(derived_seed(config.seed, run.step, DROPOUT, env.rank))
     batches = crop_batches(train, args.data, features.n_mels, config.batch_size, config.segment_frames,
                            config.seed, bank, config.workers, config.balance_speakers, run.step, env.rank, env.world,
-                           config.source_shares, speakers)
+                           config.source_shares, speakers, config.same_source)
     augment = Augmenter(config.augment, features, env.rank, env.world, len(speakers))
     fit(run, model, network, optimizer, scheduler, batches, augment, valid_bank, env, progress)
     if env.main:
