@@ -416,18 +416,29 @@ def run_long(convs, checkpoint: Path, cache: Path) -> dict:
                 out.write(wave)
                 seconds += len(wave) / RATE
     seconds = sf.info(str(path)).duration
+    command = [sys.executable, "-m", "speaker_app.diarize", str(path), "--rttm-dir", str(cache / "long-rttm"),
+               "--checkpoint", str(checkpoint)]
     started = time.perf_counter()
-    child = subprocess.Popen([sys.executable, "-m", "speaker_app.diarize", str(path), "--rttm-dir",
-                              str(cache / "long-rttm"), "--checkpoint", str(checkpoint)],
-                             stdout=subprocess.DEVNULL, cwd=common.REPO)
-    # wait4: this child's own peak. getrusage(RUSAGE_CHILDREN) would give the largest of every child this
-    # process ever waited for (the conversations' builders, the peer's), not the pipeline's.
-    _, status, usage = os.wait4(child.pid, 0)
-    child.returncode = os.waitstatus_to_exitcode(status)
-    if child.returncode:
-        raise subprocess.CalledProcessError(child.returncode, child.args)
+    # A launcher runs the command and reports its peak RSS (wait4). Started from this process directly, the
+    # command's peak would count this process's own memory: Linux keeps the largest RSS across fork and exec.
+    launched = subprocess.run([sys.executable, "-c", PEAK_OF, *command], capture_output=True, text=True,
+                              cwd=common.REPO)
+    if launched.returncode:
+        raise subprocess.CalledProcessError(launched.returncode, command, stderr=launched.stderr)
     wall = time.perf_counter() - started
-    return {"seconds": seconds, "wall": wall, "rtf": wall / seconds, "peak_mb": usage.ru_maxrss / 1024}
+    return {"seconds": seconds, "wall": wall, "rtf": wall / seconds, "peak_mb": int(launched.stdout) / 1024}
+
+
+# run by a fresh interpreter: the command in argv, its output discarded, its peak RSS (KiB) printed
+PEAK_OF = """
+import os, subprocess, sys
+child = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL)
+_, status, usage = os.wait4(child.pid, 0)
+code = os.waitstatus_to_exitcode(status)
+if code:
+    sys.exit(code)
+print(usage.ru_maxrss)
+"""
 
 
 # -- the report ---------------------------------------------------------------------------------------
