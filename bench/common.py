@@ -98,6 +98,7 @@ def write_section(name: str, text: str, path: Path | None = RESULTS) -> None:
     print(whole)
     if path is None:
         return
+    path.parent.mkdir(parents=True, exist_ok=True)
     if cut:
         details = path.parent / "details" / f"{name}.md"
         details.parent.mkdir(exist_ok=True)
