@@ -277,18 +277,21 @@ def test_same_source_draws_that_share_of_each_batch_from_one_source():
     utterances = [Utterance(f"{i}", speaker, 10) for i, speaker in enumerate([0] * 8 + [1] * 8 + [2] + [3] * 3)]
     sources = utterance_sources(utterances, speakers)
     weights = sampling_weights(utterances, 1.0)
-    plain = global_batches(weights, 8, seed=4)
-    mixed = global_batches(weights, 8, seed=4, sources=sources, same_source=0.5)
-    drawn = collections.Counter()
+    plain = global_batches(weights, 16, seed=4)
+    mixed = [global_batches(weights, 16, seed=4, rank=rank, world=2, sources=sources, same_source=0.5)
+             for rank in (0, 1)]
+    led = collections.Counter()
     for _ in range(400):
-        index, _ = next(mixed)
-        together = sources[index[:4]]
-        assert (together == together[0]).all()
-        drawn[int(together[0])] += 1
+        halves = [next(stream)[0] for stream in mixed]
+        counts = torch.bincount(sources[torch.cat(halves)], minlength=3)
+        assert counts.max() >= 8  # half the global batch from one source...
+        leader = int(counts.argmax())
+        assert all((sources[half] == leader).any() for half in halves)  # ...spread over both ranks' slices
+        led[leader] += 1
     # each source leads a batch in proportion to its weight: big 2, other 1, small 1 (speakers drawn equally)
-    assert [drawn[i] / 400 for i in range(3)] == pytest.approx([0.5, 0.25, 0.25], abs=0.07)
+    assert [led[i] / 400 for i in range(3)] == pytest.approx([0.5, 0.25, 0.25], abs=0.08)
     # no share, no change: the same batches as before the option existed
-    same = global_batches(weights, 8, seed=4, sources=sources, same_source=0.0)
+    same = global_batches(weights, 16, seed=4, sources=sources, same_source=0.0)
     assert all(torch.equal(next(plain)[0], next(same)[0]) for _ in range(5))
     with pytest.raises(ValueError, match="same_source"):
         TrainConfig(same_source=1.5)

@@ -253,8 +253,9 @@ def global_batches(weights: torch.Tensor, batch_size: int, seed: int, step: int 
     """Endless (index, position) pairs from step `step` on: each step draws a global batch of
     `batch_size` utterances (with replacement, in proportion to `weights`) and crop positions,
     and keeps this rank's slice. With `same_source` > 0, that share of every batch comes from one
-    source (`sources[i]` is utterance i's), drawn anew each step in proportion to its weight: its
-    speakers share a channel and a condition, the hardest impostors for one another."""
+    source (`sources[i]` is utterance i's), drawn anew each step in proportion to its weight and shuffled
+    into the batch, so every rank's slice gets its share: its speakers share a channel and a condition,
+    the hardest impostors for one another."""
     if batch_size % world:
         raise ValueError(f"batch size {batch_size} is not divisible by {world} processes")
     together = round(same_source * batch_size) if sources is not None else 0
@@ -267,6 +268,7 @@ def global_batches(weights: torch.Tensor, batch_size: int, seed: int, step: int 
             source = torch.multinomial(source_weights, 1, generator=generator)
             within = torch.where(sources == source, weights, torch.zeros_like(weights))
             index = torch.cat([torch.multinomial(within, together, replacement=True, generator=generator), index])
+            index = index[torch.randperm(batch_size, generator=generator)]  # spread over the ranks' slices
         position = torch.rand(batch_size, generator=generator)
         yield shard(index, rank, world), shard(position, rank, world)
         step += 1
