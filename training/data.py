@@ -268,8 +268,10 @@ def global_batches(weights: torch.Tensor, batch_size: int, seed: int, step: int 
             source = torch.multinomial(source_weights, 1, generator=generator)
             within = torch.where(sources == source, weights, torch.zeros_like(weights))
             index = torch.cat([torch.multinomial(within, together, replacement=True, generator=generator), index])
-            index = index[torch.randperm(batch_size, generator=generator)]  # spread over the ranks' slices
         position = torch.rand(batch_size, generator=generator)
+        if together:  # spread over the ranks' slices
+            order = torch.randperm(batch_size, generator=generator)
+            index, position = index[order], position[order]
         yield shard(index, rank, world), shard(position, rank, world)
         step += 1
 
