@@ -66,8 +66,10 @@ def test_fine_tuning_starts_from_the_checkpoint(prepared, trained, tmp_path):
 
 def test_speaker_augmentation_trains_pseudo_speakers_that_fine_tuning_drops(prepared, tmp_path):
     flags = [arg for setting in SMALL for arg in ("--set", setting)]
+    # with half of each batch from one source (vcc2016 or fsdd), so that option is run end to end too
     run("training.train", "--data", str(prepared), "--out", str(tmp_path / "warped"), "--steps", "2", *flags,
-        "--set", "valid_every=2", "--set", "valid_fraction=0.2", "--set", "augment.warp_prob=0.5", "--no-progress")
+        "--set", "valid_every=2", "--set", "valid_fraction=0.2", "--set", "augment.warp_prob=0.5",
+        "--set", "same_source=0.5", "--no-progress")
     warped = torch.load(tmp_path / "warped" / "last.pt", weights_only=True)
     assert len(warped["speakers"]) == 15 and warped["speakers"][5].endswith("~warp0.9")
     assert warped["state_dict"]["head.weight"].shape[0] == 15 and warped["metrics"]["valid_top1"] is not None
