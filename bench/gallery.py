@@ -34,7 +34,8 @@ import torch
 from speaker_app.checkpoint import Checkpoint, load_checkpoint
 from speaker_app.recognizer import Recognizer
 from speaker_app.speech import check_speech
-from training.dev_clips import audio_clips, read_speaker_list, source_of
+from training.data import source_of
+from training.dev_clips import audio_clips, read_speaker_list
 from training.gallery_calibration import MAX_STRANGERS_NAMED
 from training.gallery_scenario import (ENROLLMENTS, STRANGER_RATES, Outcome, Plan, answers, enroll_plan, outcomes,
                                        peer_outcomes, plan, rates, shift_for, trade_off)

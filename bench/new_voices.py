@@ -30,7 +30,8 @@ from pathlib import Path
 
 from speaker_app.checkpoint import Checkpoint, load_checkpoint
 from speaker_app.recognizer import Recognizer
-from training.dev_clips import audio_clips, read_speaker_list, source_of
+from training.data import source_of
+from training.dev_clips import audio_clips, read_speaker_list
 from training.new_voices import ENROLL, Clip, enroll_by_source, measure, paired_top1, resemblyzer_embeddings
 
 from . import common

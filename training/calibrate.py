@@ -51,7 +51,8 @@ from speaker_app.checkpoint import Checkpoint, CheckpointError, load_checkpoint,
 from speaker_app.scoring import DEFAULT_TOP_K, Scorer, centroid, equal_error_rate, min_dcf
 
 from . import gallery_calibration
-from .dev_clips import Clips, audio_clips, embed_clips, known_clips, read_speaker_list, source_of
+from .data import source_of
+from .dev_clips import Clips, audio_clips, embed_clips, known_clips, read_speaker_list
 
 MAX_UNSEEN_NAMED = 0.10  # with nobody enrolled (issue 15's goal)
 MAX_STRANGERS_NAMED, MIN_KNOWN_CORRECT = 0.02, 0.97  # with galleries: strangers' clips named, known clips named right

@@ -33,10 +33,6 @@ class Clips(NamedTuple):
     seconds: torch.Tensor | None = None  # (N,) seconds of speech (after silence removal)
 
 
-def source_of(speaker: str) -> str:
-    return speaker.split("/")[0] if "/" in speaker else ""
-
-
 def read_speaker_list(path: Path, split: str | None = None) -> list[str]:
     """Speaker folders from a list file: `SPEAKER` or `SPLIT SPEAKER` lines (bench/dev_speakers.txt);
     with `split`, only that split's speakers."""

@@ -36,12 +36,8 @@ from speaker_app.configs import from_dict
 from speaker_app.decisions import Decisions
 
 from .config import TrainConfig
-from .data import DataError, load_features, read_labelled, read_speakers, read_test, split_utterances
+from .data import DataError, load_features, read_labelled, read_speakers, read_test, source_of, split_utterances
 from .prepare import find_clips, read_list
-
-
-def source_of(speaker: str) -> str:
-    return speaker.split("/")[0] if "/" in speaker else ""
 
 
 def labelled_from_data(root: Path, checkpoint, progress: bool, split: str = "auto"):

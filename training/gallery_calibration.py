@@ -36,7 +36,8 @@ import torch
 from speaker_app.decisions import REFERENCE_SECONDS
 from speaker_app.scoring import Scorer, centroid
 
-from .dev_clips import Clips, source_of
+from .data import source_of
+from .dev_clips import Clips
 from .gallery_scenario import ENROLLMENTS, plan
 
 GALLERY_SIZES = (1, 3, 10, 30, 100)

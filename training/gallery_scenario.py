@@ -32,7 +32,7 @@ from speaker_app.recognizer import Identification, Recognizer
 from speaker_app.scoring import centroid, cosine
 from speaker_app.speech import check_speech
 
-from .dev_clips import source_of
+from .data import source_of
 
 ENROLLMENTS = {"1 clip": 1, "3 clips": 3, "5 clips": 5, "one recording": 0}  # 0: one recording of joined clips
 RECORDING_SECONDS = (20.0, 30.0)

@@ -37,7 +37,7 @@ from speaker_app.recognizer import Recognizer
 from speaker_app.scoring import Scorer, centroid
 from speaker_app.speech import check_speech
 
-from .dev_clips import source_of
+from .data import source_of
 from .evaluate import enrollment, enrollment_trials
 
 ENROLL = 5
